@@ -1,0 +1,143 @@
+"""`pocketchat <stage>`: one subcommand per stage of the recipe.
+
+Stage configs take `--preset NAME`, `--config FILE.toml` and any `--key=value` override of their fields; bad
+input is reported as one line (`error: ...`) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pocketchat.errors import UserError
+
+
+def cmd_tokenizer(args, overrides) -> None:
+    from pocketchat.data.corpus import iter_documents
+    from pocketchat.tokenizer import Tokenizer
+
+    no_overrides(overrides)
+    texts = (doc.text for doc in iter_documents(args.data, split="train", text_field=args.text_field))
+    tok = Tokenizer.train(texts, vocab_size=args.vocab_size)
+    tok.save(args.out)
+    print(f"tokenizer with {tok.vocab_size} tokens written to {args.out}")
+
+
+def cmd_data(args, overrides) -> None:
+    from pocketchat.data.shards import build_shards
+
+    no_overrides(overrides)
+    meta = build_shards(args.data, args.tokenizer, args.out, workers=args.workers, text_field=args.text_field)
+    for split in ("train", "val"):
+        print(f"{split}: {meta[split]['tokens']:,} tokens from {meta[split]['bytes']:,} bytes")
+    print(f"shards written to {args.out}")
+
+
+def cmd_pretrain(args, overrides) -> None:
+    from pocketchat.config import build_config
+    from pocketchat.train.pretrain import PRESETS, PretrainConfig, run
+
+    cfg = build_config(PretrainConfig, PRESETS, args.preset, args.config, overrides)
+    out = Path(args.out)
+    if not args.resume and (out / "checkpoint.pt").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    evals = run(cfg, out, resume=args.resume)
+    if evals:
+        last = evals[-1]
+        print(f"done: val_loss {last['val_loss']:.4f}, val_bpb {last['val_bpb']:.4f}. Model in {out}")
+        print(f"try: pocketchat sample --model {out} --prompt 'ROMEO:'")
+
+
+def cmd_sample(args, overrides) -> None:
+    from pocketchat.engine import Engine, SamplingParams
+    from pocketchat.hardware import resolve_device
+    from pocketchat.model import CausalLM
+    from pocketchat.tokenizer import Tokenizer
+
+    no_overrides(overrides)
+    if args.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
+    if args.temperature < 0:
+        raise UserError("--temperature must be >= 0")
+    device = resolve_device(args.device)
+    model = CausalLM.from_pretrained(args.model, device=device).eval()
+    tokenizer = Tokenizer.load(args.model)
+    engine = Engine(model, tokenizer, device=device)
+    prompt = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_tokens=args.max_tokens, seed=args.seed)
+    sys.stdout.write(args.prompt)
+    for delta in engine.stream(prompt, params):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def no_overrides(overrides: dict) -> None:
+    if overrides:
+        raise UserError(f"unknown option(s): {', '.join('--' + k for k in overrides)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pocketchat", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, help: str, presets: bool = True):
+        s = sub.add_parser(name, help=help, description=help)
+        if presets:
+            s.add_argument("--preset", help="a named config preset")
+            s.add_argument("--config", help="a TOML file of config overrides")
+        return s
+
+    s = stage("tokenizer", "train a byte-level BPE tokenizer on a corpus", presets=False)
+    s.add_argument("--data", default="embedded", help="embedded | folder of .txt | .txt | .jsonl | .parquet")
+    s.add_argument("--text-field", default="text")
+    s.add_argument("--vocab-size", type=int, default=4096)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_tokenizer)
+
+    s = stage("data", "tokenize a corpus into token shards (numpy memmaps)", presets=False)
+    s.add_argument("--data", default="embedded", help="embedded | folder of .txt | .txt | .jsonl | .parquet")
+    s.add_argument("--text-field", default="text")
+    s.add_argument("--tokenizer", required=True, help="a tokenizer folder (pocketchat tokenizer --out ...)")
+    s.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_data)
+
+    s = stage("pretrain", "stage 1: train a base model on raw text (extra --key=value set config fields)")
+    s.add_argument("--out", required=True, help="run folder: HF checkpoint, metrics.jsonl, checkpoint.pt")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_pretrain, preset="tiny")
+
+    s = stage("sample", "print a completion of a prompt", presets=False)
+    s.add_argument("--model", required=True, help="a local Llama-architecture HF folder")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pocketchat.config import parse_overrides
+
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        args.func(args, parse_overrides(rest))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

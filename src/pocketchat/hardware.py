@@ -1,0 +1,55 @@
+"""What the hardware is good at: device choice, whether bf16 pays off, and the matmul peak MFU is measured against."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from pocketchat.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_flops(device_type: str, dtype: torch.dtype, n: int = 0) -> float:
+    """Measured dense matmul FLOP/s: the peak that MFU is quoted against, and the bf16-or-not probe."""
+    n = n or (8192 if device_type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device_type, dtype=dtype)
+    b = torch.randn(n, n, device=device_type, dtype=dtype)
+    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    iters, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.2 or iters < 3:
+        a @ b
+        iters += 1
+    sync()
+    return 2 * n**3 * iters / (time.perf_counter() - start)
+
+
+def autocast_dtype(device: torch.device, choice: str = "auto") -> torch.dtype | None:
+    """The dtype for autocast, or None for plain fp32.
+
+    `auto` picks bf16 on GPUs that support it, and on CPUs only where bf16 matmuls are really faster: CPUs
+    without AVX512-BF16/AMX emulate bf16 and run it ~100x slower than fp32."""
+    if choice == "float32":
+        return None
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice != "auto":
+        raise UserError(f"dtype must be auto, float32 or bfloat16, got {choice!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    fast = matmul_flops("cpu", torch.bfloat16, 256) > 1.2 * matmul_flops("cpu", torch.float32, 256)
+    return torch.bfloat16 if fast else None

@@ -1,0 +1,294 @@
+"""The one training loop every stage shares: pretrain, SFT, reward model, DPO and the RL learner.
+
+A stage supplies the model, a deterministic batch function and (optionally) its loss and eval; the loop owns
+the rest: AdamW with parameter groups, warmup + decay, gradient accumulation, clipping, bf16 autocast, DDP or
+FSDP2, periodic eval, metrics (JSONL + TensorBoard), a progress bar, and atomic checkpoints that make
+`--resume` continue bit for bit.
+
+Exact resume rests on one rule: the batch for step s is a pure function of s (`get_batch(step, index, count)`),
+so the data position is just the step number, saved with the model, optimizer, scheduler and RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from pocketchat.config import TrainConfig
+from pocketchat.errors import UserError
+from pocketchat.hardware import autocast_dtype, matmul_flops
+from pocketchat.model import atomic_write
+from pocketchat.train import dist
+
+CHECKPOINT = "checkpoint.pt"
+
+Batch = dict[str, torch.Tensor]
+# get_batch(step, index, count): the index-th of `count` equal slices of step's global batch.
+BatchFn = Callable[[int, int, int], Batch]
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy; targets are -100 where no loss is taken (padding, masked prompt tokens)."""
+    return model(batch["input_ids"], batch["targets"], position_ids=batch.get("position_ids"), attn_mask=batch.get("attn_mask"))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: norms, biases and embeddings (and a head tied to them) keep their scale."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine or linear decay to min_lr_ratio (or constant)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLog:
+    """metrics.jsonl plus TensorBoard, written by rank 0. On resume, records past the checkpoint are dropped."""
+
+    def __init__(self, out_dir: Path, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= start_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start_step or None)
+        except ImportError:  # tensorboard is a dependency, but a stripped install still trains
+            pass
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(
+    model: nn.Module,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    get_batch: BatchFn,
+    *,
+    info: dist.DistInfo,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = lm_loss,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    export: Callable[[dict, Path], None] | None = None,
+    resume: bool = False,
+    flops_per_token: float | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Train `model` (already on info.device) for cfg.steps optimizer steps. Returns the eval records.
+
+    export(state_dict, dir) writes the deployable artifact (an HF folder) at every checkpoint and at the end.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = model
+    n_micro, micro = micro_batches(cfg, info.world_size)
+    amp = autocast_dtype(info.device, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+
+    sharded = cfg.fsdp and info.world_size > 1
+    if sharded:  # FSDP2 turns parameters into DTensors in place: shard before the optimizer sees them
+        dist.wrap(raw, info, fsdp=True)
+    optimizer = torch.optim.AdamW(
+        param_groups(raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        fused=info.device.type in ("cpu", "cuda") and not sharded,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    start_step = 0
+    if resume:
+        start_step = load_checkpoint(out_dir, raw, optimizer, scheduler, cfg, sharded)
+    if cfg.compile:
+        raw.compile()
+    model = raw if sharded else dist.wrap(raw, info, fsdp=False)
+
+    log = MetricsLog(out_dir, start_step, info.is_main)
+    if info.is_main:
+        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    peak = matmul_flops(info.device.type, amp or torch.float32) if flops_per_token else None
+    evals: list[dict] = []
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        model.eval()
+        with torch.no_grad(), torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            record = {"step": step, **evaluate(raw)}
+        model.train()
+        evals.append(record)
+        log.write(record)
+        if info.is_main:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if not isinstance(v, (list, dict))))
+
+    def save(step: int) -> None:
+        save_checkpoint(out_dir, raw, optimizer, scheduler, step, cfg, info, export, sharded)
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=desc, disable=not info.is_main, dynamic_ncols=True)
+    window_tokens, window_start = 0, time.perf_counter()
+    for step in range(start_step, cfg.steps):
+        if cfg.eval_every and step % cfg.eval_every == 0 and step > start_step:
+            run_eval(step)
+        loss_sum = 0.0
+        for m in range(n_micro):
+            batch = {k: v.to(info.device, non_blocking=True) for k, v in get_batch(step, info.rank * n_micro + m, info.world_size * n_micro).items()}
+            # DDP: only the last micro-batch all-reduces gradients.
+            sync = m == n_micro - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
+            with (model.no_sync() if not sync else _null()), torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = loss_fn(model, batch) / n_micro
+            loss.backward()
+            loss_sum += loss.item()
+            window_tokens += batch["input_ids"].numel() * info.world_size
+        if cfg.grad_clip > 0:
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_sum):
+            raise RuntimeError(f"loss became {loss_sum} at step {step}; lower the learning rate or check the data")
+
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            tps = window_tokens / elapsed
+            record = {"step": done, "train_loss": dist.mean_across_ranks(loss_sum), "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps}
+            if cfg.grad_clip > 0:
+                record["grad_norm"] = grad_norm
+            if peak:
+                record["mfu"] = tps * flops_per_token / (peak * info.world_size)
+            log.write(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{tps:,.0f}", **({"mfu": f"{record['mfu']:.0%}"} if peak else {}))
+            window_tokens, window_start = 0, time.perf_counter()
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            save(done)
+    bar.close()
+    if start_step < cfg.steps or not evals:
+        run_eval(cfg.steps)
+    save(cfg.steps)
+    log.close()
+    return evals
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batches per rank per step, sequences per micro-batch), checked to divide the global batch."""
+    per_rank, rest = divmod(cfg.batch_size, world_size)
+    if rest:
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
+    micro = cfg.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise UserError(f"batch_size per process ({per_rank}) is not divisible by micro_batch_size {micro}")
+    return per_rank // micro, micro
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+def _full_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
+    """Model and optimizer state as plain full tensors, gathered from the shards under FSDP."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict(), optimizer.state_dict()
+
+
+def save_checkpoint(out_dir, model, optimizer, scheduler, step, cfg, info, export, sharded) -> None:
+    """One file holds everything needed to resume; it's written to a temp name, fsynced and renamed."""
+    model_state, optim_state = _full_state(model, optimizer, sharded)
+    if info.is_main:
+        state = {
+            "step": step,
+            "model": model_state,
+            "optimizer": optim_state,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "config": asdict(cfg),
+        }
+        atomic_write(out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        if export is not None:
+            export(model_state, out_dir)
+    dist.barrier()
+
+
+def load_checkpoint(out_dir: Path, model, optimizer, scheduler, cfg: TrainConfig, sharded: bool) -> int:
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which one
+        raise UserError(f"{path}: cannot read checkpoint ({e})") from None
+    changed = {k for k, v in state["config"].items() if k in ("batch_size", "seq_len", "seed") and getattr(cfg, k) != v}
+    if changed:
+        raise UserError(f"--resume: {', '.join(sorted(changed))} differ from the checkpoint's config; exact resume needs them equal")
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["step"]
