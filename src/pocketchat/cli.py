@@ -40,8 +40,7 @@ def cmd_pretrain(args, overrides) -> None:
 
     cfg = build_config(PretrainConfig, PRESETS, args.preset, args.config, overrides)
     out = Path(args.out)
-    if not args.resume and (out / "checkpoint.pt").exists():
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    check_run_folder(out, args.resume)
     evals = run(cfg, out, resume=args.resume)
     if evals:
         last = evals[-1]
@@ -68,10 +67,19 @@ def cmd_sample(args, overrides) -> None:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed)
     sys.stdout.write(args.prompt)
-    for delta in engine.stream(prompt, params):
-        sys.stdout.write(delta)
+    for event in engine.stream(prompt, params):
+        sys.stdout.write(event.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse to silently overwrite a run, or to resume one that isn't there, before any work starts."""
+    has_run = (out / "checkpoint.pt").exists()
+    if resume and not has_run:
+        raise UserError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+    if not resume and has_run:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
 def no_overrides(overrides: dict) -> None:

@@ -170,7 +170,7 @@ def train(
         evals.append(record)
         log.write(record)
         if info.is_main:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if not isinstance(v, (list, dict))))
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in record.items()))
 
     def save(step: int) -> None:
         save_checkpoint(out_dir, raw, optimizer, scheduler, step, cfg, info, export, sharded)
