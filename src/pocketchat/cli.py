@@ -48,24 +48,68 @@ def cmd_pretrain(args, overrides) -> None:
         print(f"try: pocketchat sample --model {out} --prompt 'ROMEO:'")
 
 
-def cmd_sample(args, overrides) -> None:
-    from pocketchat.engine import Engine, SamplingParams
+def cmd_sft(args, overrides) -> None:
+    from pocketchat.config import build_config
+    from pocketchat.train.sft import PRESETS, SFTConfig, run
+
+    cfg = build_config(SFTConfig, PRESETS, args.preset, args.config, overrides)
+    if args.data:
+        cfg.data = ",".join(args.data)
+    out = Path(args.out)
+    check_run_folder(out, args.resume)
+    run(cfg, args.model, out, resume=args.resume)
+    print(f"done. Chat with it: pocketchat chat --model {out}")
+
+
+def load_engine(model_dir: str, device: str = "auto"):
+    from pocketchat.engine import Engine
     from pocketchat.hardware import resolve_device
     from pocketchat.model import CausalLM
     from pocketchat.tokenizer import Tokenizer
 
+    dev = resolve_device(device)
+    model = CausalLM.from_pretrained(model_dir, device=dev).eval()
+    return Engine(model, Tokenizer.load(model_dir))
+
+
+def cmd_eval(args, overrides) -> None:
+    import json
+
+    from pocketchat.evals import format_table, task_accuracy
+    from pocketchat.tasks import STYLES, get_task
+
     no_overrides(overrides)
-    if args.max_tokens < 1:
-        raise UserError("--max-tokens must be at least 1")
-    if args.temperature < 0:
-        raise UserError("--temperature must be >= 0")
-    device = resolve_device(args.device)
-    model = CausalLM.from_pretrained(args.model, device=device).eval()
-    tokenizer = Tokenizer.load(args.model)
-    engine = Engine(model, tokenizer, device=device)
-    prompt = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
+    tasks = [get_task(t).name for t in args.tasks.split(",") if t]
+    styles = [s for s in args.style.split(",") if s]
+    for s in styles:
+        if s not in STYLES:
+            raise UserError(f"--style {s!r}: valid styles are {', '.join(STYLES)}")
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    records = task_accuracy(load_engine(args.model, args.device), tasks, styles, args.n, seed=args.seed)
+    print(format_table(records))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": args.model, "results": records}, indent=2) + "\n")
+        print(f"written to {args.out}")
+
+
+def cmd_chat(args, overrides) -> None:
+    from pocketchat.chat_cli import chat_loop
+
+    no_overrides(overrides)
+    chat_loop(load_engine(args.model, args.device), system=args.system, temperature=args.temperature,
+              max_tokens=args.max_tokens, tools=not args.no_tools)
+
+
+def cmd_sample(args, overrides) -> None:
+    from pocketchat.engine import SamplingParams
+
+    no_overrides(overrides)
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed)
+    engine = load_engine(args.model, args.device)
+    tokenizer = engine.tokenizer
+    prompt = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
     sys.stdout.write(args.prompt)
     for event in engine.stream(prompt, params):
         sys.stdout.write(event.text)
@@ -117,6 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run folder: HF checkpoint, metrics.jsonl, checkpoint.pt")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_pretrain, preset="tiny")
+
+    s = stage("sft", "stage 2: supervised finetuning on conversations (extra --key=value set config fields)")
+    s.add_argument("--model", required=True, help="base model: a run folder or any local Llama-architecture HF folder")
+    s.add_argument("--data", nargs="+", help="JSONL files of {'messages': [...]} or ShareGPT records (default: the embedded mixture)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=cmd_sft, preset="tiny")
+
+    s = stage("eval", "task accuracy on held-out instances of the verifiable tasks", presets=False)
+    s.add_argument("--model", required=True)
+    s.add_argument("--tasks", default="add2,add,mul,word,count_letters,sort_list,units")
+    s.add_argument("--style", default="direct,cot,tool", help="comma-separated: direct, cot, tool")
+    s.add_argument("--n", type=int, default=100, help="instances per task")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="write the results as JSON here")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_eval)
+
+    s = stage("chat", "chat with a model in the terminal", presets=False)
+    s.add_argument("--model", required=True)
+    s.add_argument("--system", default="", help="system prompt")
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--max-tokens", type=int, default=512)
+    s.add_argument("--no-tools", action="store_true", help="do not run tool calls")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_chat)
 
     s = stage("sample", "print a completion of a prompt", presets=False)
     s.add_argument("--model", required=True, help="a local Llama-architecture HF folder")

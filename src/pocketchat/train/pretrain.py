@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pocketchat.chat import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
 from pocketchat.data.corpus import iter_documents
 from pocketchat.data.shards import build_shards, load_tokens
@@ -136,7 +137,7 @@ def run(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> list[dict
 
     def export(state: dict, path: Path) -> None:
         model.save_pretrained(path, state_dict=state)
-        tokenizer.save(path, model_max_length=cfg.seq_len)
+        tokenizer.save(path, chat_template=CHAT_TEMPLATE, model_max_length=cfg.seq_len)
 
     evals = train(model, cfg, out, get_batch, info=info, evaluate=evaluate, export=export, resume=resume,
                   flops_per_token=model.flops_per_token(cfg.seq_len), desc="pretrain")

@@ -1,0 +1,74 @@
+"""Reading answers out of completions and grading them: exact match after normalisation, and format.
+
+A completion is the text a model generated after the prompt. In the tool style that text holds the whole
+exchange as the engine produced it: the model's <tool_call>{...}</tool_call>, the forced tool turns, and
+the final reply; the answer is read from its last "Answer:" line all the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from pocketchat.errors import UserError
+from pocketchat.tasks.base import Example
+from pocketchat.tasks.registry import get_task
+from pocketchat.tasks.render import rendered_style
+
+_ANSWER = re.compile(r"\banswer:[ \t]*([^\n]*)", re.IGNORECASE)
+_ANSWER_LINE = re.compile(r"answer:\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*")
+# ChatML's tag (pocketchat.chat.TOOL_CALL) followed by the JSON that names the calculator
+_CALCULATOR_CALL = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"calculator"')
+
+
+def extract_answer(text: str) -> str | None:
+    """The answer a completion gives, in any style: the rest of its last "Answer:" line; else a one-line
+    completion as a whole (the direct style); else the last number of a longer one; else None."""
+    found = _ANSWER.findall(text)
+    if found:
+        return found[-1].strip() or None
+    text = text.strip()
+    if not text:
+        return None
+    if "\n" not in text:
+        return text
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def check(example: Example, completion: str) -> bool:
+    """Whether the completion's answer equals the example's, after the task's normalisation."""
+    given = extract_answer(completion)
+    normalize = get_task(example.task).kind.normalize
+    return given is not None and normalize(given) == normalize(example.answer)
+
+
+def format_ok(example: Example, completion: str, style: str) -> bool:
+    """Whether the completion has the shape `style` asks for, right or wrong: direct = one line that is a
+    bare answer of the task's kind; cot = steps, then a last line "Answer: X"; tool = a calculator call and
+    a last line "Answer: X". (A task without arithmetic renders tool as cot, and is judged as cot.)"""
+    kind = get_task(example.task).kind
+    style = rendered_style(example, style)
+    lines = [line.strip() for line in completion.splitlines() if line.strip()]
+    if style == "direct":
+        return len(lines) == 1 and bool(kind.shape.fullmatch(kind.normalize(lines[0])))
+    final = _ANSWER_LINE.fullmatch(lines[-1]) if lines else None
+    if final is None or not kind.shape.fullmatch(kind.normalize(final.group(1))):
+        return False
+    if style == "cot":
+        return len(lines) >= 2
+    return bool(_CALCULATOR_CALL.search(completion))
+
+
+def score(task_name: str, examples: Sequence[Example], completions: Sequence[str]) -> float:
+    """Accuracy of `completions` on `examples` of one task, in [0, 1]."""
+    get_task(task_name)
+    if len(examples) != len(completions):
+        raise UserError(f"score({task_name}): {len(examples)} examples but {len(completions)} completions")
+    if not examples:
+        raise UserError(f"score({task_name}): no examples to score")
+    for i, example in enumerate(examples):
+        if example.task != task_name:
+            raise UserError(f"score({task_name}): example {i} is from task {example.task!r}")
+    return sum(check(e, c) for e, c in zip(examples, completions)) / len(examples)
