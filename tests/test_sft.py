@@ -58,3 +58,23 @@ def test_bad_chat_data_is_reported_with_file_and_line(base, tmp_path, capsys):
     data.write_text(json.dumps(conversations()[0]) + "\n" + "{not json\n")
     assert main(["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "o"), "--preset", "smoke", "--seq_len=64"]) == 2
     assert f"{data}:2" in capsys.readouterr().err
+
+
+def test_chat_cli_streams_replies_and_handles_commands(base, tmp_path, monkeypatch, capsys):
+    lines = iter(["/temp -1", "/temp 0", "What color is the sky?", "/reset", '"""', "What color", "is the sun?", '"""', "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(base), "--max-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "(temperature must be a number >= 0" in out and "(temperature 0.0)" in out
+    assert out.count("assistant> ") == 2 and "(new conversation)" in out
+
+
+def test_chat_history_keeps_tool_turns_as_messages():
+    from pocketchat.chat_cli import completion_messages
+
+    text = ('Let me compute.<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>'
+            "<|im_end|>\n<|im_start|>tool\n5<|im_end|>\n<|im_start|>assistant\nAnswer: 5<|im_end|>")
+    first, tool, final = completion_messages(text)
+    assert first["content"] == "Let me compute." and first["tool_calls"][0]["function"]["name"] == "calculator"
+    assert tool == {"role": "tool", "content": "5"}
+    assert final == {"role": "assistant", "content": "Answer: 5"}

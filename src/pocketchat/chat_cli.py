@@ -101,8 +101,9 @@ BACK_TO_ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
 def completion_messages(text: str) -> list[dict]:
     """Split a completion with engine-run tool turns back into messages (assistant, tool, assistant, ...), so
     the next prompt renders exactly the tokens the model saw."""
-    messages = []
-    for i, part in enumerate(text.removesuffix("<|im_end|>").split("<|im_end|>\n<|im_start|>")):
-        role, content = ("assistant", part) if i == 0 else part.split("\n", 1) if "\n" in part else (part, "")
+    first, *turns = text.removesuffix("<|im_end|>").split("<|im_end|>\n<|im_start|>")
+    messages = [parse_assistant(first)]
+    for turn in turns:
+        role, _, content = turn.partition("\n")
         messages.append(parse_assistant(content) if role == "assistant" else {"role": role, "content": content})
     return messages

@@ -51,5 +51,10 @@ def autocast_dtype(device: torch.device, choice: str = "auto") -> torch.dtype | 
         raise UserError(f"dtype must be auto, float32 or bfloat16, got {choice!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    fast = matmul_flops("cpu", torch.bfloat16, 256) > 1.2 * matmul_flops("cpu", torch.float32, 256)
-    return torch.bfloat16 if fast else None
+    return torch.bfloat16 if cpu_has_native_bf16() and matmul_flops("cpu", torch.bfloat16) > 1.2 * matmul_flops("cpu", torch.float32) else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX. A timing probe alone misleads on a busy machine; the flag is the ground truth."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
