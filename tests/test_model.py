@@ -79,3 +79,20 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(UserError, match="Llama-architecture"):
         CausalLM.from_pretrained(tmp_path)
+
+
+def test_reward_model_opens_in_transformers_as_sequence_classifier(tmp_path):
+    from pocketchat.model import RewardModel
+
+    torch.manual_seed(0)
+    lm = CausalLM(tiny_config(pad_token_id=1))
+    rm = RewardModel.from_causal_lm(lm).eval()
+    torch.nn.init.normal_(rm.score.weight)
+    rm.save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    ids = torch.randint(2, 300, (2, 12))
+    ids[1, 9:] = 1  # right padding: transformers reads the last non-pad token, we read at lengths - 1
+    lengths = torch.tensor([12, 9])
+    with torch.no_grad():
+        assert torch.allclose(rm(ids, lengths), theirs(ids).logits.squeeze(-1), atol=1e-4)
+        assert torch.allclose(RewardModel.from_pretrained(tmp_path)(ids, lengths), rm(ids, lengths))

@@ -278,6 +278,62 @@ class CausalLM(nn.Module):
         return model.to(device=device, dtype=dtype)
 
 
+class RewardModel(nn.Module):
+    """`LlamaForSequenceClassification` with one label: the decoder body plus a scalar `score` head.
+
+    The reward of a sequence is the score at its last real token (the end-of-turn token of the completion);
+    right padding is skipped by reading at position `lengths - 1`.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.score = nn.Linear(config.hidden_size, 1, bias=False)
+        self.apply(lambda m: nn.init.normal_(m.weight, std=config.initializer_range) if isinstance(m, (nn.Linear, nn.Embedding)) else None)
+
+    def forward(self, input_ids, lengths=None, *, position_ids=None, attn_mask=None):
+        """Rewards [B] read at index lengths-1 (default: the last position), or per-token values [B, T] if
+        lengths is the string "all" (what a PPO critic needs)."""
+        values = self.score(self.model(input_ids, position_ids, attn_mask)).squeeze(-1)
+        if isinstance(lengths, str) and lengths == "all":
+            return values
+        if lengths is None:
+            return values[:, -1]
+        return values.gather(1, (lengths - 1).long().unsqueeze(1)).squeeze(1)
+
+    @classmethod
+    def from_causal_lm(cls, lm: CausalLM) -> "RewardModel":
+        """Initialise from a (SFT) language model: same body, fresh zero-mean score head."""
+        rm = cls(lm.config).to(next(lm.parameters()).device)
+        rm.model.load_state_dict(lm.model.state_dict())
+        return rm
+
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()}
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        hf = self.config.to_hf() | {"architectures": ["LlamaForSequenceClassification"], "num_labels": 1,
+                                     "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+        atomic_write_json(path / "config.json", hf)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu") -> "RewardModel":
+        path = Path(path)
+        config = load_config(path)
+        model = cls(config)
+        state = load_state_dict(path)
+        missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+        if missing or unexpected:
+            raise UserError(f"{path}: not a reward model (LlamaForSequenceClassification): missing {sorted(missing)[:5]}, "
+                            f"unexpected {sorted(unexpected)[:5]}")
+        model.load_state_dict(state)
+        return model.to(device=device, dtype=dtype)
+
+
 def load_config(path: Path) -> ModelConfig:
     file = Path(path) / "config.json"
     if not file.is_file():
