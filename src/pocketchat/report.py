@@ -1,0 +1,97 @@
+"""The report card of a run: `RUN/report.json` (one key per stage) rendered to `RUN/report.md` with PNG plots.
+
+Each stage of the speedrun records its time and key metrics in report.json as it finishes; this module only
+reads that file and the stages' metrics.jsonl, so `pocketchat report RUN` can re-render at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pocketchat.errors import UserError
+from pocketchat.model import atomic_write_json
+
+STAGE_TITLES = {"pretrain": "Pretraining (base model)", "sft": "Supervised finetuning (chat model)",
+                "compare": "Comparisons", "rm": "Reward model", "rl": "Reinforcement learning", "eval": "Task accuracy of the chat model",
+                "strategies": "Strategies"}
+
+
+def read_report(run: Path) -> dict:
+    path = Path(run) / "report.json"
+    if not path.is_file():
+        raise UserError(f"{run}: no report.json (is this a speedrun folder?)")
+    return json.loads(path.read_text())
+
+
+def update_report(run: Path, stage: str, record: dict) -> None:
+    path = Path(run) / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report[stage] = record
+    atomic_write_json(path, report)
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def plot_curves(run: Path, stage: str, folder: Path, keys: list[str], title: str) -> str | None:
+    """One PNG of the given metrics over steps; None when the stage logged none of them."""
+    records = read_metrics(folder)
+    series = {k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, points in series.items():
+        ax.plot(*zip(*points), label=k, marker="o" if len(points) < 20 else None)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    (run / "plots").mkdir(exist_ok=True)
+    name = f"plots/{stage}.png"
+    fig.savefig(run / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+PLOTS = {"pretrain": ["train_loss", "val_loss"], "sft": ["train_loss", "val_loss"], "rm": ["train_loss", "val_loss", "accuracy"],
+         "rl": ["reward", "gold", "kl"]}
+
+
+def render(run: str | Path) -> Path:
+    """Write RUN/report.md (and plots) from RUN/report.json; returns the Markdown path."""
+    run = Path(run)
+    report = read_report(run)
+    lines = [f"# pocketchat report card: `{run.name}`", ""]
+    total = sum(r.get("seconds", 0) for r in report.values() if isinstance(r, dict))
+    lines += [f"Total time: {total / 60:.1f} minutes.", "", "| stage | time | key metrics |", "|---|---|---|"]
+    for stage, r in report.items():
+        keys = ", ".join(f"{k} {fmt(v)}" for k, v in r.get("metrics", {}).items())
+        lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {r.get('seconds', 0) / 60:.1f} min | {keys} |")
+    for stage, r in report.items():
+        lines += ["", f"## {STAGE_TITLES.get(stage, stage)}", ""]
+        if r.get("path"):
+            lines.append(f"Output: `{r['path']}`")
+        if r.get("table"):
+            lines += ["", r["table"]]
+        for sample in r.get("samples", []):
+            lines += ["", "```", sample.strip(), "```"]
+        plot = plot_curves(run, stage, Path(r.get("path", run / stage)), PLOTS.get(stage, []), STAGE_TITLES.get(stage, stage))
+        if plot:
+            lines += ["", f"![{stage}]({plot})"]
+    path = run / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,491 @@
+"""Stage 4, reinforcement learning: push the SFT model toward completions a reward scores high, on a KL leash.
+
+Two algorithms share one episode structure (sample with the engine, score, update several times):
+- PPO: per-token reward = -kl_coef * KL(policy || SFT) at every sampled token, plus the sequence score
+  (reward model at end of turn, or the task checker) at the last one; advantages by GAE from a critic whose
+  value head starts as the reward model; clipped policy and value losses.
+- GRPO: k samples per prompt, advantage = the sample's score normalised within its group; no critic; an
+  optional KL term (k3) in the loss.
+
+The episode is not a pure function of a batch index (its data comes from the policy itself), so it doesn't
+run inside `loop.train`; it reuses that loop's parts instead: parameter groups, the schedule, MetricsLog and
+the atomic checkpoint with optimizer/scheduler/RNG state. Exact `--resume` holds because every random choice
+of step s (prompts, sampling seeds, minibatch order) is seeded by (seed, s), and the controller state (KL
+coefficient, running reward moments) lives in buffers of the checkpointed module.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from pocketchat.chat import CHAT_TEMPLATE, render_prompt
+from pocketchat.config import TrainConfig
+from pocketchat.engine import Completion, Engine, SamplingParams
+from pocketchat.errors import UserError
+from pocketchat.hardware import autocast_dtype
+from pocketchat.model import CausalLM, RewardModel
+from pocketchat.tasks import Example, check, format_ok, mixture, prompt_messages
+from pocketchat.tokenizer import Tokenizer
+from pocketchat.train import dist
+from pocketchat.train.loop import MetricsLog, lr_factor, load_checkpoint, param_groups, save_checkpoint
+from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
+                                      kl_estimate, masked_mean, masked_whiten, moments_std, update_moments)
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """steps = episodes (rollout + update); batch_size = completions per episode; micro_batch_size = sequences
+    per learner forward (0: a whole minibatch). lr_schedule advances once per episode."""
+
+    algo: str = "ppo"  # ppo | grpo
+    reward: str = "task"  # "task" (task checker: 1 if right, + format_bonus if well formatted) or a reward-model folder
+    tasks: str = "add2,add,word"  # training prompts: train-split instances of these tasks
+    styles: str = "direct,cot,tool"
+    train_prompts: int = 2000  # instances per task in the prompt pool
+    group_size: int = 4  # samples per prompt (GRPO's group; PPO is fine with 1)
+    max_tokens: int = 64  # completion tokens per sample, forced tool turns included
+    epochs: int = 4  # passes over each episode's samples
+    minibatch_size: int = 8  # samples per optimizer step
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # how far one update may move a value from its rollout estimate
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True  # PPO: normalise GAE advantages over the episode
+    kl_coef: float = 0.05  # PPO: weight of the per-token KL penalty in the reward; GRPO: of the KL loss term
+    kl_estimator: str = "auto"  # k1 | k3 | auto (k1 for PPO's reward penalty, k3 for GRPO's loss term)
+    kl_target: float = 0.0  # > 0: adapt kl_coef toward this KL per sequence (Ziegler et al.'s controller)
+    kl_horizon: int = 10000
+    reward_norm: str = "none"  # none | stats (the RM folder's reward_stats.json) | running (stats of all scores so far)
+    reward_clip: float = 0.0  # clip normalised scores to [-reward_clip, reward_clip]; 0: off
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a completion that hit max_tokens
+    format_bonus: float = 0.0  # task reward: added when the completion has the asked format
+    eval_n: int = 50  # held-out instances per task and style at each eval; 0: no eval
+
+    def kl_kind(self) -> str:
+        return {"auto": "k1" if self.algo == "ppo" else "k3"}.get(self.kl_estimator, self.kl_estimator)
+
+
+PRESETS: dict[str, dict] = {
+    "smoke": dict(steps=4, batch_size=8, minibatch_size=4, group_size=4, max_tokens=32, epochs=2, lr=1e-5,
+                  warmup_steps=0, schedule="constant", eval_every=0, save_every=0, log_every=1, tasks="add2",
+                  styles="direct", train_prompts=50, eval_n=8),
+    # ~5 minutes on 2 CPU cores from the tiny SFT model.
+    "tiny": dict(steps=150, batch_size=32, minibatch_size=16, group_size=4, max_tokens=64, epochs=2, lr=1e-5,
+                 warmup_steps=5, schedule="constant", weight_decay=0.0, eval_every=50, save_every=50, log_every=1,
+                 eval_n=50),
+}
+
+
+@dataclass
+class RLPrompt:
+    """One prompt to sample from, and what a reward function needs to judge the answer."""
+
+    ids: list[int]
+    tools: bool = False  # let the engine run tool calls (the tool style)
+    example: Example | None = None
+    style: str = ""
+
+
+@dataclass
+class Rollout:
+    """An episode's samples as right-padded tensors. full = prompt + completion; the learner feeds
+    full[:, :-1] and predicts full[:, 1:]; mask marks predictions of sampled (not forced) completion tokens."""
+
+    prompts: list[RLPrompt]
+    completions: list[Completion]
+    full: torch.Tensor  # [B, T+1] token ids
+    lengths: torch.Tensor  # [B] real tokens in each row of full
+    mask: torch.Tensor  # [B, T] bool
+    engine_logprobs: torch.Tensor  # [B, T], the engine's log p of each completion token (0 elsewhere)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.full[:, :-1]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.full[:, 1:]
+
+
+# A reward function scores each sample of a rollout: [B] floats. So does a gold function (logged, not trained on).
+RewardFn = Callable[[Rollout], torch.Tensor]
+
+
+def make_rollout(prompts: list[RLPrompt], completions: list[Completion], pad_id: int, device) -> Rollout:
+    rows = [p.ids + c.token_ids for p, c in zip(prompts, completions)]
+    width = max(len(r) for r in rows)
+    full = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width - 1, dtype=torch.bool)
+    logprobs = torch.zeros(len(rows), width - 1)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        full[i, : len(rows[i])] = torch.tensor(rows[i])
+        start = len(p.ids) - 1  # the input position that predicts the first completion token
+        mask[i, start : start + len(c.token_ids)] = torch.tensor([not f for f in c.forced])
+        if c.logprobs is not None:
+            logprobs[i, start : start + len(c.token_ids)] = torch.tensor(c.logprobs)
+    lengths = torch.tensor([len(r) for r in rows])
+    return Rollout(prompts, completions, full.to(device), lengths.to(device), mask.to(device), logprobs.to(device))
+
+
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and the entropy of the next-token distribution at every position, [B, T] each.
+
+    Right padding needs no attention mask under causal attention: real tokens never see the pads after
+    them, so these equal the engine's logprobs (which it computes with left padding and a hole mask)."""
+    logp = model(input_ids).float().log_softmax(-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+class Learner(nn.Module):
+    """Everything the optimizer updates and the checkpoint restores: the policy, the critic (PPO only) and,
+    as buffers, the controller state a resumed run must continue from."""
+
+    def __init__(self, policy: CausalLM, critic: RewardModel | None, kl_coef: float):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+        self.register_buffer("kl_coef", torch.tensor(kl_coef, dtype=torch.float64))
+        self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # running score count, mean, m2
+
+
+class RLTrainer:
+    """One `step` = one episode: sample `batch_size` completions with the engine, score them, update."""
+
+    def __init__(self, cfg: RLConfig, policy: CausalLM, tokenizer: Tokenizer, ref: CausalLM, reward_fn: RewardFn, *,
+                 critic: RewardModel | None = None, gold_fn: RewardFn | None = None,
+                 reward_stats: tuple[float, float] | None = None):
+        validate(cfg)
+        if (cfg.algo == "ppo") != (critic is not None):
+            raise UserError(f"algo {cfg.algo} {'needs' if cfg.algo == 'ppo' else 'takes no'} critic")
+        if cfg.reward_norm == "stats" and reward_stats is None:
+            raise UserError("reward_norm=stats needs the reward model's reward_stats.json (mean and std)")
+        self.cfg, self.tokenizer, self.ref = cfg, tokenizer, ref.eval().requires_grad_(False)
+        self.reward_fn, self.gold_fn, self.reward_stats = reward_fn, gold_fn, reward_stats
+        self.device = next(policy.parameters()).device
+        self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.learner, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2), fused=self.device.type in ("cpu", "cuda"))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.engine = Engine(policy, tokenizer)  # samples from the live weights: no copy to sync
+        self.amp = autocast_dtype(self.device, cfg.dtype)
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+    @property
+    def policy(self) -> CausalLM:
+        return self.learner.policy
+
+    @property
+    def critic(self) -> RewardModel | None:
+        return self.learner.critic
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+    # ---- one episode ----------------------------------------------------------------------------------------
+
+    def rollout(self, step: int, prompts: list[RLPrompt]) -> Rollout:
+        """group_size samples of each prompt (consecutive rows), each with its own seed drawn from (seed, step)."""
+        cfg = self.cfg
+        prompts = [p for p in prompts for _ in range(cfg.group_size)]
+        rng = random.Random(f"rl-sample/{cfg.seed}/{step}")
+        params = [SamplingParams(temperature=1.0, max_tokens=cfg.max_tokens, logprobs=True, tools=p.tools,
+                                 seed=rng.getrandbits(62)) for p in prompts]
+        completions = self.engine.generate([p.ids for p in prompts], params)
+        return make_rollout(prompts, completions, self.pad_id, self.device)
+
+    def step(self, step: int, prompts: list[RLPrompt]) -> dict:
+        """Run episode `step` on `prompts` (batch_size / group_size of them); return its metrics."""
+        cfg = self.cfg
+        if len(prompts) * cfg.group_size != cfg.batch_size:
+            raise UserError(f"episode {step}: {len(prompts)} prompts x group_size {cfg.group_size} != batch_size {cfg.batch_size}")
+        t0 = time.perf_counter()
+        ro = self.rollout(step, prompts)
+        t1 = time.perf_counter()
+        mask = ro.mask
+        with torch.no_grad(), self.autocast():
+            old_logp, entropy = self._batched(lambda x, y: token_logprobs(self.policy, x, y), ro)
+            ref_logp, _ = self._batched(lambda x, y: token_logprobs(self.ref, x, y), ro)
+            old_values = self._batched(lambda x, y: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
+            raw = self.reward_fn(ro).float().to(self.device)
+            gold = self.gold_fn(ro).float() if self.gold_fn else None
+        scores = self.process_scores(raw, ro)
+        kl = kl_estimate(old_logp, ref_logp, cfg.kl_kind()) * mask
+        seq_kl = kl.sum(1).mean().item()
+        kl_coef = self.learner.kl_coef.item()
+        if cfg.algo == "ppo":
+            rewards = -kl_coef * kl
+            last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)  # each row's last sampled token
+            rewards[torch.arange(len(last)), last] += scores
+            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        else:
+            advantages, returns = group_advantages(scores, cfg.group_size).unsqueeze(1) * mask, None
+        stats = self.update(step, ro, advantages, returns, old_logp, old_values, ref_logp)
+        t2 = time.perf_counter()
+        if cfg.kl_target > 0:
+            self.learner.kl_coef.fill_(adaptive_kl_coef(kl_coef, seq_kl, cfg.kl_target, cfg.kl_horizon, cfg.batch_size))
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+
+        sampled = sum(len(c.token_ids) for c in ro.completions)
+        processed = cfg.epochs * int(ro.lengths.sum() - len(ro.lengths))
+        metrics = {
+            "reward": raw.mean().item(),
+            **({"gold": gold.mean().item()} if gold is not None else {}),
+            "score": scores.mean().item(),  # what the learner saw: normalised, clipped, minus the missing-end penalty
+            "kl": seq_kl,  # per sequence, the configured estimator
+            "kl_coef": kl_coef,
+            "entropy": masked_mean(entropy, mask).item(),
+            "length": sampled / len(ro.completions),
+            "ended": sum(c.finish_reason != "length" for c in ro.completions) / len(ro.completions),
+            "logprob_gap": masked_mean((old_logp - ro.engine_logprobs).abs(), mask).item(),  # learner vs engine
+            **stats,
+            "lr": lr,
+            "rollout_tokens_per_s": sampled / (t1 - t0),
+            "update_tokens_per_s": processed / (t2 - t1),
+            "tokens_per_s": sampled / (t2 - t0),
+            "episode_s": t2 - t0,
+        }
+        return metrics
+
+    def process_scores(self, raw: torch.Tensor, ro: Rollout) -> torch.Tensor:
+        """Raw sequence scores -> what the learner optimises: whitened, clipped, penalised for not ending."""
+        cfg, scores = self.cfg, raw
+        if cfg.reward_norm == "stats":
+            mean, std = self.reward_stats
+            scores = (scores - mean) / max(std, 1e-8)
+        elif cfg.reward_norm == "running":
+            count, mean, m2 = update_moments(*self.learner.moments.tolist(), raw)
+            self.learner.moments.copy_(torch.tensor([count, mean, m2]))
+            scores = (scores - mean) / max(moments_std(count, m2), 1e-8)
+        if cfg.reward_clip > 0:
+            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        unfinished = torch.tensor([c.finish_reason == "length" for c in ro.completions], device=scores.device)
+        return scores - cfg.missing_eos_penalty * unfinished.float()
+
+    def update(self, step: int, ro: Rollout, advantages, returns, old_logp, old_values, ref_logp) -> dict:
+        """cfg.epochs passes over the episode in shuffled minibatches, one optimizer step each. A minibatch is
+        split into micro-batches whose token-weighted losses add up to the minibatch's mean over actions."""
+        cfg = self.cfg
+        B = len(ro.lengths)
+        micro_size = cfg.micro_batch_size or cfg.minibatch_size
+        order_rng = torch.Generator().manual_seed(random.Random(f"rl-order/{cfg.seed}/{step}").getrandbits(62))
+        totals: dict[str, float] = defaultdict(float)
+        n_steps = 0
+        self.learner.train()
+        for _ in range(cfg.epochs):
+            for mb in torch.randperm(B, generator=order_rng).to(self.device).split(cfg.minibatch_size):
+                mb_tokens = ro.mask[mb].sum()
+                for micro in mb.split(micro_size):
+                    width = int(ro.lengths[micro].max()) - 1  # trim the padding this micro-batch doesn't need
+                    cut = lambda x: x[micro, :width]
+                    mask = cut(ro.mask)
+                    weight = mask.sum() / mb_tokens
+                    with self.autocast():
+                        logp, _ = token_logprobs(self.policy, cut(ro.input_ids), cut(ro.targets))
+                        values = self.critic(cut(ro.input_ids), "all").float() if self.critic else None
+                    pg_loss, clip_frac = clipped_policy_loss(logp, cut(old_logp), cut(advantages), mask, cfg.clip)
+                    loss = pg_loss
+                    parts = {"policy_loss": pg_loss, "clip_frac": clip_frac,
+                             "approx_kl": masked_mean(cut(old_logp) - logp, mask)}  # drift from the sampling policy
+                    if values is not None:
+                        v_loss, v_clip = clipped_value_loss(values, cut(old_values), cut(returns), mask, cfg.value_clip)
+                        loss = loss + cfg.vf_coef * v_loss
+                        parts |= {"value_loss": v_loss, "value_clip_frac": v_clip}
+                    elif cfg.kl_coef > 0:  # GRPO's KL term in the loss
+                        kl_loss = masked_mean(kl_estimate(logp, cut(ref_logp), cfg.kl_kind()), mask)
+                        loss = loss + cfg.kl_coef * kl_loss
+                        parts["kl_loss"] = kl_loss
+                    (loss * weight).backward()
+                    for k, v in parts.items():
+                        totals[k] += (v.detach() * weight).item()
+                if cfg.grad_clip > 0:
+                    totals["grad_norm"] += nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip).item()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                n_steps += 1
+        self.learner.eval()
+        return {k: v / n_steps for k, v in totals.items()}
+
+    def _batched(self, fn, ro: Rollout) -> tuple[torch.Tensor, ...]:
+        """fn(input_ids, targets) -> tensors [b, t], run in micro-batches and right-padded back to [B, T]."""
+        micro = self.cfg.micro_batch_size or self.cfg.minibatch_size
+        parts = [fn(ro.input_ids[i : i + micro], ro.targets[i : i + micro]) for i in range(0, len(ro.lengths), micro)]
+        return tuple(torch.cat(list(xs)) for xs in zip(*parts))
+
+
+# ---- the episode loop ------------------------------------------------------------------------------------------
+
+def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[[int], list[RLPrompt]], *,
+        evaluate: Callable[[CausalLM], dict] | None = None, export: Callable[[Path], None] | None = None,
+        resume: bool = False) -> list[dict]:
+    """Run episodes start..cfg.steps: metrics.jsonl every log_every episodes (means over the window), eval at
+    the start, every eval_every and at the end, atomic checkpoints every save_every and at the end.
+    prompts_for(step) must be a pure function of step (exact resume). Returns the eval records."""
+    cfg, out = trainer.cfg, Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=trainer.device)
+    start = load_checkpoint(out, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, sharded=False) if resume else 0
+    log = MetricsLog(out, start, enabled=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    evals: list[dict] = []
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        with torch.no_grad():
+            record = {"step": step, **evaluate(trainer.policy)}
+        evals.append(record)
+        log.write(record)
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in record.items()))
+
+    def save(step: int) -> None:
+        save_checkpoint(out, trainer.learner, trainer.optimizer, trainer.scheduler, step, cfg, info,
+                        (lambda state, path: export(path)) if export else None, sharded=False)
+
+    if start == 0:
+        run_eval(0)  # the SFT model's numbers: the baseline RL is measured against
+    window: dict[str, list[float]] = defaultdict(list)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl-{cfg.algo}", dynamic_ncols=True)
+    for step in range(start, cfg.steps):
+        for k, v in trainer.step(step, prompts_for(step)).items():
+            window[k].append(v)
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            record = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
+            log.write(record)
+            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+            window.clear()
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            run_eval(done)
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            save(done)
+    bar.close()
+    if start < cfg.steps or not evals:
+        run_eval(cfg.steps)
+    save(cfg.steps)
+    log.close()
+    return evals
+
+
+def validate(cfg: RLConfig) -> None:
+    choices = {"algo": ("ppo", "grpo"), "kl_estimator": ("auto", "k1", "k3"), "reward_norm": ("none", "stats", "running")}
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise UserError(f"{key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
+    if cfg.algo == "grpo" and cfg.group_size < 2:
+        raise UserError(f"grpo normalises rewards within groups: group_size must be >= 2, got {cfg.group_size}")
+    for key in ("group_size", "minibatch_size", "epochs", "max_tokens"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.batch_size % cfg.group_size:
+        raise UserError(f"batch_size {cfg.batch_size} is not a multiple of group_size {cfg.group_size}")
+    if cfg.minibatch_size > cfg.batch_size:
+        raise UserError(f"minibatch_size {cfg.minibatch_size} is larger than batch_size {cfg.batch_size}")
+
+
+# ---- the stage: task-suite prompts, reward model or task checker, eval ----------------------------------------
+
+def read_reward_stats(rm_dir: Path) -> tuple[float, float]:
+    path = rm_dir / "reward_stats.json"
+    if not path.is_file():
+        raise UserError(f"reward_norm=stats: {path} not found (the rm stage writes it)")
+    try:
+        stats = json.loads(path.read_text())
+        return float(stats["mean"]), float(stats["std"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: expected a JSON object with numeric 'mean' and 'std' ({e})") from None
+
+
+def task_reward(format_bonus: float) -> RewardFn:
+    """The verifiable reward: 1 if the task checker accepts the answer, plus format_bonus for the asked format."""
+    def reward(ro: Rollout) -> torch.Tensor:
+        return torch.tensor([float(check(p.example, c.text)) + format_bonus * format_ok(p.example, c.text, p.style)
+                             for p, c in zip(ro.prompts, ro.completions)])
+    return reward
+
+
+def model_reward(rm: RewardModel, micro: int) -> RewardFn:
+    """The reward model's score at each sample's last token (its end of turn when it ended)."""
+    def reward(ro: Rollout) -> torch.Tensor:
+        return torch.cat([rm(ro.full[i : i + micro], ro.lengths[i : i + micro]).float()
+                          for i in range(0, len(ro.lengths), micro)])
+    return reward
+
+
+def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = False) -> list[dict]:
+    from pocketchat.lora import load_model
+
+    validate(cfg)
+    info = dist.setup(cfg.device)
+    if info.world_size > 1:
+        raise UserError("rl runs in one process (sampling and learning share the weights); launch it without torchrun")
+    device = info.device
+    tokenizer = Tokenizer.load(policy_dir)
+    policy, ref = load_model(policy_dir, device=device), load_model(policy_dir, device=device)
+    rm = critic = reward_stats = None
+    if cfg.reward == "task":
+        reward_fn = task_reward(cfg.format_bonus)
+    else:
+        rm_dir = Path(cfg.reward)
+        rm = RewardModel.from_pretrained(rm_dir, device=device).eval().requires_grad_(False)
+        if rm.config.vocab_size != policy.config.vocab_size:
+            raise UserError(f"{rm_dir}: reward model vocabulary ({rm.config.vocab_size}) differs from the policy's "
+                            f"({policy.config.vocab_size}); train the RM from this SFT model")
+        reward_fn = model_reward(rm, cfg.micro_batch_size or cfg.minibatch_size)
+        if cfg.reward_norm == "stats":
+            reward_stats = read_reward_stats(rm_dir)
+    if cfg.reward_norm == "stats" and rm is None:
+        raise UserError("reward_norm=stats needs a reward model folder as --reward")
+    if cfg.algo == "ppo":  # the critic starts as the RM: it already knows what scores high
+        critic = RewardModel.from_pretrained(cfg.reward, device=device) if rm is not None else RewardModel.from_causal_lm(policy)
+
+    tasks = [t for t in cfg.tasks.split(",") if t]
+    styles = [s for s in cfg.styles.split(",") if s]
+    pool = mixture("train", cfg.train_prompts, cfg.seed, styles, tasks)
+    n_prompts = cfg.batch_size // cfg.group_size
+    if len(pool) < n_prompts:
+        raise UserError(f"the prompt pool has {len(pool)} prompts, fewer than the {n_prompts} an episode needs")
+    rendered: dict[int, list[int]] = {}
+
+    def prompts_for(step: int) -> list[RLPrompt]:
+        picks = random.Random(f"rl-prompts/{cfg.seed}/{step}").sample(range(len(pool)), n_prompts)
+        out = []
+        for i in picks:
+            example, style = pool[i]
+            if i not in rendered:
+                rendered[i] = render_prompt(tokenizer, prompt_messages(example, style))
+            out.append(RLPrompt(rendered[i], tools=style == "tool", example=example, style=style))
+        return out
+
+    def gold(ro: Rollout) -> torch.Tensor:
+        return torch.tensor([float(check(p.example, c.text)) for p, c in zip(ro.prompts, ro.completions)])
+
+    trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats)
+
+    def evaluate(model: CausalLM) -> dict:
+        from pocketchat.alignment_eval import policy_eval
+
+        result = policy_eval(Engine(model, tokenizer), ref, tasks, styles, cfg.eval_n, cfg.seed)
+        return {f"eval/{k}": v for k, v in result.items()}
+
+    def export(path: Path) -> None:
+        policy.save_pretrained(path)
+        tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
+                       model_max_length=policy.config.max_position_embeddings)
+
+    print(f"RL ({cfg.algo}): {len(pool)} training prompts, reward {cfg.reward}, {cfg.steps} episodes of {cfg.batch_size} samples")
+    return fit(trainer, out, prompts_for, evaluate=evaluate if cfg.eval_n > 0 else None, export=export, resume=resume)
