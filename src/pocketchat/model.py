@@ -48,6 +48,8 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.head_dim % 2:  # RoPE rotates the two halves of each head against each other
+            raise UserError(f"head_dim ({self.head_dim}) must be even: hidden_size / num_attention_heads, or set head_dim")
 
     def to_hf(self) -> dict:
         return {

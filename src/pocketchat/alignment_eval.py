@@ -1,0 +1,89 @@
+"""The eval every alignment method shares (RL with PPO or GRPO, DPO), so their numbers sit in one table.
+
+On held-out prompts of the verifiable tasks (the test split, never trained on), the policy samples one
+completion per prompt at temperature 1 (seeded), the way it behaves when it explores, and we measure:
+
+- gold:     the programmatic labeler's score of each completion (`ProgrammaticLabeler.gold_score`, in [0, 1]),
+            the stand-in for what people want; a reward model can be over-optimised, this cannot;
+- accuracy: the share the task checker accepts (the largest part of gold);
+- kl:       KL(policy || reference) per completion, estimated as the mean over samples of
+            sum_t [log pi(y_t) - log ref(y_t)] over the completion's sampled tokens (unbiased for samples of pi);
+- entropy:  entropy of the policy's next-token distribution, averaged over a completion's sampled tokens,
+            then over completions ("RLHF lowers entropy");
+- length:   mean sampled tokens per completion; ended: share that ended with end-of-turn.
+
+Tokens the engine forced (tool outputs) are no choice of the policy, so they count in none of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from pocketchat.chat import render_prompt
+from pocketchat.engine import Engine, SamplingParams
+from pocketchat.errors import UserError
+from pocketchat.labeler import ProgrammaticLabeler
+from pocketchat.tasks import check, get_task, prompt_messages
+
+EVAL_MAX_TOKENS = 160
+MICRO_BATCH = 16  # sequences per teacher-forced forward pass: bounds the [B, T, vocab] logits in memory
+
+
+def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T-1, V] log-distribution of the next token at every input position but the last, in fp32.
+
+    Right padding needs no attention mask under causal attention: real tokens never see the pads after them."""
+    return model(input_ids[:, :-1]).float().log_softmax(-1)
+
+
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] log p of each token of input_ids after the first, given the tokens before it."""
+    return next_token_logprobs(model, input_ids).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+@torch.no_grad()
+def policy_eval(engine: Engine, ref_model: nn.Module, tasks: Sequence[str], styles: Sequence[str], n: int, seed: int,
+                max_tokens: int = EVAL_MAX_TOKENS) -> dict[str, float]:
+    """gold, accuracy, kl, entropy, length and ended (see the module docstring), each a mean over n test
+    instances of every task, asked in every style."""
+    labeler = ProgrammaticLabeler(seed)
+    cases = [(e, s) for t in tasks for e in get_task(t).generate("test", n, seed) for s in styles]
+    if not cases:
+        raise UserError("policy_eval needs at least one task, one style and n >= 1")
+    prompts = [render_prompt(engine.tokenizer, prompt_messages(e, s)) for e, s in cases]
+    params = [SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=seed * 100_003 + i, tools=s == "tool")
+              for i, (_, s) in enumerate(cases)]
+    completions = engine.generate(prompts, params)
+
+    kl, entropy = [], []
+    device = engine.device
+    for start in range(0, len(cases), MICRO_BATCH):
+        chunk = range(start, min(start + MICRO_BATCH, len(cases)))
+        ids = right_pad([prompts[i] + completions[i].token_ids for i in chunk], engine.pad_id).to(device)
+        mask = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool, device=device)
+        for row, i in enumerate(chunk):  # input position p predicts token p + 1
+            first = len(prompts[i]) - 1
+            mask[row, first:first + len(completions[i].token_ids)] = torch.tensor([not f for f in completions[i].forced])
+        logp_all = next_token_logprobs(engine.model, ids)
+        logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        kl += ((logp - token_logprobs(ref_model, ids)) * mask).sum(1).tolist()
+        entropy += [ent[r][mask[r]].mean().item() if mask[r].any() else 0.0 for r in range(len(chunk))]
+
+    count = len(cases)
+    return {
+        "gold": sum(labeler.gold_score(e, s, c) for (e, s), c in zip(cases, completions)) / count,
+        "accuracy": sum(check(e, c.text) for (e, _), c in zip(cases, completions)) / count,
+        "kl": sum(kl) / count,
+        "entropy": sum(entropy) / count,
+        "length": sum(sum(not f for f in c.forced) for c in completions) / count,
+        "ended": sum(c.finish_reason == "stop" for c in completions) / count,
+    }
