@@ -1,0 +1,224 @@
+"""The one interface every strategy reaches a model through: `LLM.complete(messages, ...)`.
+
+Two backends: `LocalLLM` runs pocketchat's engine in this process; `OpenAILLM` talks to any OpenAI-compatible
+endpoint (pocketchat's own server, vLLM, llama.cpp's server), so one strategy serves our small models and
+big remote ones alike.
+
+Tools run on the client, the same way for both backends: the model asks for a call (a ChatML <tool_call>
+locally, `tool_calls` over the API), the backend runs it, appends the assistant and tool turns and asks
+again, up to `max_tool_calls` rounds. Any `Tool` works, not only the engine's built-in ones, so a
+retrieval tool over a document store plugs in like the calculator.
+
+Compute is counted in tokens, as an API bills them: each generation carries its completion tokens and the
+prompt tokens it caused to be read (a prompt shared by n samples counts once, on the first), so summing a
+strategy's generations gives what it spent. `Metered` does that sum for a strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pocketchat.chat import parse_assistant, render_prompt
+from pocketchat.engine import Engine, SamplingParams
+from pocketchat.engine.tools import Tool
+from pocketchat.errors import UserError
+
+
+@dataclass
+class ToolCall:
+    """A tool call the model made and what the tool answered."""
+
+    name: str
+    arguments: str  # the JSON text the model wrote
+    output: str
+
+
+@dataclass
+class Generation:
+    text: str  # the final assistant content (after any tool rounds)
+    tokens: int  # completion tokens, over every tool round
+    prompt_tokens: int  # prompt tokens read for this generation (see the module docstring)
+    finish_reason: str  # "stop" | "length" | "tool_calls" (still calling tools when the rounds ran out)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+class LLM(Protocol):
+    def complete(self, messages: list[dict], *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
+                 stop: Sequence[str] | None = None, seed: int | None = None,
+                 tools: Sequence[Tool] | None = None) -> list[Generation]:
+        """n completions of the next assistant turn of `messages` (OpenAI-style). temperature 0 is greedy;
+        with a seed, sample i uses seed + i, so a run repeats exactly."""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Result:
+    """What every strategy returns: its answer (None when it found none), how it got there, what it spent."""
+
+    answer: str | None
+    trace: dict  # strategy-specific: the samples, votes, attempts, tree or steps (see each strategy)
+    usage: Usage
+
+
+class Metered:
+    """An LLM that adds up what every call through it spent; each strategy wraps its model in one."""
+
+    def __init__(self, llm: LLM):
+        self.llm, self.usage = llm, Usage()
+
+    def complete(self, messages: list[dict], **kwargs) -> list[Generation]:
+        out = self.llm.complete(messages, **kwargs)
+        self.usage.calls += 1
+        self.usage.prompt_tokens += sum(g.prompt_tokens for g in out)
+        self.usage.completion_tokens += sum(g.tokens for g in out)
+        return out
+
+
+@dataclass
+class _Raw:
+    """One sampled assistant turn, before tools run: its text and the calls it asks for (name, JSON text)."""
+
+    text: str
+    calls: list[tuple[str, str]]
+    tokens: int
+    prompt_tokens: int
+    finish_reason: str
+
+
+def _run_tool(name: str, arguments: str, tools: dict[str, Tool]) -> str:
+    if name not in tools:
+        return f"Error: unknown tool {name!r} (available: {', '.join(tools)})"
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as e:
+        return f"Error: arguments are not valid JSON: {e.msg}"
+    return tools[name].run(parsed)
+
+
+class ChatBackend:
+    """What both backends share: argument checks, seeds per sample, and the client-side tool loop."""
+
+    max_tool_calls = 4
+
+    def _sample(self, messages: list[dict], n: int, temperature: float, max_tokens: int, stop: list[str],
+                seed: int | None, tools: list[dict] | None) -> list[_Raw]:
+        raise NotImplementedError
+
+    def complete(self, messages: list[dict], *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
+                 stop: Sequence[str] | None = None, seed: int | None = None,
+                 tools: Sequence[Tool] | None = None) -> list[Generation]:
+        if n < 1:
+            raise UserError(f"complete: n must be >= 1, got {n}")
+        stop = list(stop or [])
+        specs = [t.spec() for t in tools] if tools else None
+        raws = self._sample(messages, n, temperature, max_tokens, stop, seed, specs)
+        out = []
+        for i, raw in enumerate(raws):
+            calls: list[ToolCall] = []
+            tokens, prompt_tokens, convo = raw.tokens, raw.prompt_tokens, list(messages)
+            for _ in range(self.max_tool_calls if tools else 0):
+                if not raw.calls:
+                    break
+                ids = [f"call_{len(calls) + k}" for k in range(len(raw.calls))]
+                convo.append({"role": "assistant", "content": raw.text or None, "tool_calls": [
+                    {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+                    for id_, (name, arguments) in zip(ids, raw.calls)]})
+                for id_, (name, arguments) in zip(ids, raw.calls):
+                    calls.append(ToolCall(name, arguments, _run_tool(name, arguments, {t.name: t for t in tools})))
+                    convo.append({"role": "tool", "tool_call_id": id_, "name": name, "content": calls[-1].output})
+                raw = self._sample(convo, 1, temperature, max_tokens, stop, None if seed is None else seed + i, specs)[0]
+                tokens, prompt_tokens = tokens + raw.tokens, prompt_tokens + raw.prompt_tokens
+            finish = "tool_calls" if raw.calls else raw.finish_reason
+            out.append(Generation(raw.text, tokens, prompt_tokens, finish, calls))
+        return out
+
+
+class LocalLLM(ChatBackend):
+    """pocketchat's engine: the prompt is rendered with the checkpoint's chat template, all n samples run as
+    one batch. The engine stops at a </tool_call> (its own tool running is off) and the loop above runs it."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
+        prompt = render_prompt(self.engine.tokenizer, messages)
+        params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, stop=stop,
+                                 seed=None if seed is None else seed + i) for i in range(n)]
+        raws = []
+        for i, c in enumerate(self.engine.generate([prompt] * n, params)):
+            text, calls, finish = c.text, [], c.finish_reason
+            if finish == "tool_calls":  # without tools offered, a </tool_call> is just where the answer stops
+                message = parse_assistant(text) if tools else {}
+                calls = [(call["function"]["name"], call["function"]["arguments"]) for call in message.get("tool_calls", [])]
+                text, finish = ((message["content"] or ""), finish) if calls else (text, "stop")
+            raws.append(_Raw(text, calls, len(c.token_ids), len(prompt) if i == 0 else 0, finish))
+        return raws
+
+
+def _api_url(url: str) -> str:
+    """OpenAI-compatible servers live under /v1: a bare host:port gets it appended."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise UserError(f"--endpoint must be a URL like http://127.0.0.1:8000/v1, got {url!r}")
+    return url.rstrip("/") + "/v1" if parts.path in ("", "/") else url
+
+
+class OpenAILLM(ChatBackend):
+    """Any OpenAI-compatible chat completions endpoint, through the `openai` client.
+
+    Servers that ignore `n` (llama.cpp's) return fewer choices; the rest are asked for one request at a
+    time. Per-choice completion tokens are not reported by the API, so a request's total is split evenly.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, timeout: float = 600.0):
+        try:
+            import openai
+        except ImportError:
+            raise UserError("the endpoint backend needs the openai client: pip install openai") from None
+        self.openai, self.base_url = openai, _api_url(base_url)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
+                                    timeout=timeout, max_retries=1)
+        self.model = model or self._call(lambda: self.client.models.list().data[0].id)
+
+    def _call(self, request):
+        try:
+            return request()
+        except self.openai.APIConnectionError as e:
+            raise UserError(f"cannot reach {self.base_url}: {e}") from None
+        except self.openai.APIStatusError as e:
+            raise UserError(f"{self.base_url} answered {e.status_code}: {e.message}") from None
+        except IndexError:
+            raise UserError(f"{self.base_url} lists no models; pass the model name") from None
+
+    def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
+        raws: list[_Raw] = []
+        while len(raws) < n:
+            extra = {"tools": tools} if tools else {}
+            response = self._call(lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, n=n - len(raws), temperature=temperature, max_tokens=max_tokens,
+                stop=stop or None, seed=None if seed is None else seed + len(raws), **extra))
+            if not response.choices:
+                raise UserError(f"{self.base_url} returned no choices")
+            usage = response.usage
+            completion = usage.completion_tokens if usage else 0
+            share, extra_tokens = divmod(completion, len(response.choices))
+            for k, choice in enumerate(response.choices):
+                calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
+                raws.append(_Raw(choice.message.content or "", calls, share + (k < extra_tokens),
+                                 (usage.prompt_tokens if usage else 0) if k == 0 else 0, choice.finish_reason))
+        return raws[:n]
