@@ -17,13 +17,14 @@ Tokens the engine forced (tool outputs) are no choice of the policy, so they cou
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
 from pocketchat.chat import render_prompt
-from pocketchat.engine import Engine, SamplingParams
+from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.tasks import check, get_task, prompt_messages
@@ -63,20 +64,7 @@ def policy_eval(engine: Engine, ref_model: nn.Module, tasks: Sequence[str], styl
               for i, (_, s) in enumerate(cases)]
     completions = engine.generate(prompts, params)
 
-    kl, entropy = [], []
-    device = engine.device
-    for start in range(0, len(cases), MICRO_BATCH):
-        chunk = range(start, min(start + MICRO_BATCH, len(cases)))
-        ids = right_pad([prompts[i] + completions[i].token_ids for i in chunk], engine.pad_id).to(device)
-        mask = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool, device=device)
-        for row, i in enumerate(chunk):  # input position p predicts token p + 1
-            first = len(prompts[i]) - 1
-            mask[row, first:first + len(completions[i].token_ids)] = torch.tensor([not f for f in completions[i].forced])
-        logp_all = next_token_logprobs(engine.model, ids)
-        logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        ent = -(logp_all.exp() * logp_all).sum(-1)
-        kl += ((logp - token_logprobs(ref_model, ids)) * mask).sum(1).tolist()
-        entropy += [ent[r][mask[r]].mean().item() if mask[r].any() else 0.0 for r in range(len(chunk))]
+    kl, entropy = sampled_token_stats(engine, prompts, completions, ref_model)
 
     count = len(cases)
     return {
@@ -87,3 +75,58 @@ def policy_eval(engine: Engine, ref_model: nn.Module, tasks: Sequence[str], styl
         "length": sum(sum(not f for f in c.forced) for c in completions) / count,
         "ended": sum(c.finish_reason == "stop" for c in completions) / count,
     }
+
+
+@torch.no_grad()
+def sampled_token_stats(engine: Engine, prompts: Sequence[list[int]], completions: Sequence[Completion],
+                        ref_model: nn.Module | None = None) -> tuple[list[float], list[float]]:
+    """Per completion: KL to ref_model (the sum over its sampled tokens of log pi - log ref; empty without a
+    ref_model) and the mean entropy of the policy's next-token distribution at those tokens."""
+    kl, entropy = [], []
+    device = engine.device
+    for start in range(0, len(prompts), MICRO_BATCH):
+        chunk = range(start, min(start + MICRO_BATCH, len(prompts)))
+        ids = right_pad([prompts[i] + completions[i].token_ids for i in chunk], engine.pad_id).to(device)
+        mask = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool, device=device)
+        for row, i in enumerate(chunk):  # input position p predicts token p + 1
+            first = len(prompts[i]) - 1
+            mask[row, first:first + len(completions[i].token_ids)] = torch.tensor([not f for f in completions[i].forced])
+        logp_all = next_token_logprobs(engine.model, ids)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        if ref_model is not None:
+            logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            kl += ((logp - token_logprobs(ref_model, ids)) * mask).sum(1).tolist()
+        entropy += [ent[r][mask[r]].mean().item() if mask[r].any() else 0.0 for r in range(len(chunk))]
+    return kl, entropy
+
+
+# ---- output diversity: base vs SFT vs RL ----------------------------------------------------------------------
+
+def diversity_prompts(n: int) -> list[list[dict]]:
+    """n open-ended user turns (small talk from the chatterbot corpus), the same fixed sample for every model."""
+    from pocketchat.data.sft_mixture import smalltalk_conversations
+
+    questions = sorted({c[0]["content"] for c in smalltalk_conversations()})
+    return [[{"role": "user", "content": q}] for q in random.Random("diversity").sample(questions, min(n, len(questions)))]
+
+
+def distinct_n(samples: Sequence[Sequence[int]], n: int) -> float:
+    """Distinct n-grams over all n-grams of a set of samples (token level); 1.0 when nothing repeats."""
+    grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def diversity(engine: Engine, conversations: Sequence[list[dict]], samples: int, max_tokens: int, seed: int = 0) -> dict:
+    """How varied a model's answers are: `samples` completions of each prompt at temperature 1 (seeded);
+    distinct-1/2 among each prompt's samples, averaged over prompts; the mean next-token entropy at the sampled
+    tokens; the mean length. Lower numbers after RL are the mode collapse the talk describes."""
+    prompts = [render_prompt(engine.tokenizer, c) for c in conversations for _ in range(samples)]
+    params = [SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=seed * 100_003 + i) for i in range(len(prompts))]
+    completions = engine.generate(prompts, params)
+    _, entropy = sampled_token_stats(engine, prompts, completions)
+    groups = [[c.token_ids for c in completions[i:i + samples]] for i in range(0, len(completions), samples)]
+    return {"distinct_1": sum(distinct_n(g, 1) for g in groups) / len(groups),
+            "distinct_2": sum(distinct_n(g, 2) for g in groups) / len(groups),
+            "entropy": sum(entropy) / len(entropy),
+            "length": sum(len(c.token_ids) for c in completions) / len(completions)}

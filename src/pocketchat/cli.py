@@ -200,8 +200,10 @@ def cmd_speedrun(args, overrides) -> None:
 
     no_overrides(overrides)
     report = speedrun(args.preset, args.out)
+    final = next(Path(args.out) / f for f in ("ppo", "sft") if (Path(args.out) / f / "config.json").is_file())
     print(f"\nreport card: {report}")
-    print(f"chat with the result:  pocketchat chat --model {Path(args.out) / 'sft'}")
+    print(f"chat with the result:  pocketchat chat --model {final}")
+    print(f"serve it (OpenAI API and web chat):  pocketchat serve --model {final}")
 
 
 def cmd_report(args, overrides) -> None:
@@ -235,8 +237,12 @@ def cmd_serve(args, overrides) -> None:
     no_overrides(overrides)
     engine = load_engine(args.model, args.device)
     name = Path(args.model).resolve().name
-    app = create_app(engine, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.queue)
+    tasks = [t for t in args.label_tasks.split(",") if t] if args.label_tasks else None
+    app = create_app(engine, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.queue,
+                     label=args.label, label_tasks=tasks)
     print(f"serving {name}: chat page http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1")
+    if args.label:
+        print(f"labeling page http://{args.host}:{args.port}/label : ranked pairs are appended to {args.label}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -430,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 requests")
     s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (continuous batching)")
     s.add_argument("--queue", type=int, default=64, help="completions that may wait for a batch slot; more get 503")
+    s.add_argument("--label", metavar="FILE", help="also serve a labeling page at /label: a person ranks k sampled replies "
+                   "to a task-suite (train split) or typed prompt, and every ranked pair is appended to FILE, "
+                   "comparison JSONL as `pocketchat compare` writes it (for pocketchat rm / dpo)")
+    s.add_argument("--label-tasks", metavar="TASKS", help="comma-separated tasks the labeling page draws prompts from "
+                   "(default: add2,add,mul,word,count_letters,sort_list,units)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_serve)
 

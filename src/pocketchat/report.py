@@ -13,8 +13,11 @@ from pocketchat.errors import UserError
 from pocketchat.model import atomic_write_json
 
 STAGE_TITLES = {"pretrain": "Pretraining (base model)", "sft": "Supervised finetuning (chat model)",
-                "compare": "Comparisons", "rm": "Reward model", "rl": "Reinforcement learning", "eval": "Task accuracy of the chat model",
-                "strategies": "Strategies"}
+                "eval": "Task accuracy of the chat model", "compare": "Comparisons (programmatic labeler)",
+                "rm": "Reward model", "ppo": "RLHF: PPO on the reward model", "grpo": "RL: GRPO on the task checker",
+                "dpo": "DPO on the comparisons", "diversity": "Output diversity: base vs SFT vs RL",
+                "strategies": "Strategies on the final model"}
+ALIGNMENT = ("ppo", "grpo", "dpo")
 
 
 def read_report(run: Path) -> dict:
@@ -63,8 +66,24 @@ def plot_curves(run: Path, stage: str, folder: Path, keys: list[str], title: str
     return name
 
 
-PLOTS = {"pretrain": ["train_loss", "val_loss"], "sft": ["train_loss", "val_loss"], "rm": ["train_loss", "val_loss", "accuracy"],
-         "rl": ["reward", "gold", "kl"]}
+PLOTS = {"pretrain": ["train_loss", "val_loss"], "sft": ["train_loss", "val_loss"], "rm": ["train_loss", "eval_loss", "accuracy"],
+         "ppo": ["reward", "gold", "kl", "eval/gold"], "grpo": ["reward", "gold", "kl", "eval/gold"],
+         "dpo": ["train_loss", "eval_loss", "pref_accuracy", "gold"]}
+
+
+def alignment_table(report: dict) -> str | None:
+    """SFT vs each alignment method on the same held-out eval (gold = the programmatic labeler's score)."""
+    rows = [(name, report[name]["metrics"]) for name in ALIGNMENT if "gold" in report.get(name, {}).get("metrics", {})]
+    if not rows:
+        return None
+    lines = ["| model | gold | task accuracy | KL to SFT | token entropy | length | ended |", "|---|---|---|---|---|---|---|"]
+    baseline = next((m for _, m in rows if "gold_sft" in m), None)
+    if baseline:
+        lines.append(f"| sft | {baseline['gold_sft']:.3f} | {baseline['accuracy_sft']:.1%} | 0 | | | |")
+    for name, m in rows:
+        lines.append(f"| {name} | {m['gold']:.3f} | {m['accuracy']:.1%} | {m['kl']:.3f} | {m['entropy']:.3f} | "
+                     f"{m['length']:.1f} | {m['ended']:.0%} |")
+    return "\n".join(lines)
 
 
 def render(run: str | Path) -> Path:
@@ -77,7 +96,12 @@ def render(run: str | Path) -> Path:
     for stage, r in report.items():
         keys = ", ".join(f"{k} {fmt(v)}" for k, v in r.get("metrics", {}).items())
         lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {r.get('seconds', 0) / 60:.1f} min | {keys} |")
-    for stage, r in report.items():
+    table = alignment_table(report)
+    if table:
+        lines += ["", "## Alignment: SFT vs PPO vs GRPO vs DPO", "",
+                  "Held-out prompts of the alignment tasks, one sample each at temperature 1; gold is the programmatic "
+                  "labeler's score in [0, 1] (correct, then format, ended, polite, concise).", "", table]
+    for stage, r in sorted(report.items(), key=lambda item: list(STAGE_TITLES).index(item[0]) if item[0] in STAGE_TITLES else 99):
         lines += ["", f"## {STAGE_TITLES.get(stage, stage)}", ""]
         if r.get("path"):
             lines.append(f"Output: `{r['path']}`")

@@ -1,0 +1,40 @@
+"""`pocketchat speedrun --preset smoke`: every stage of the recipe runs on the embedded data, the report card
+holds each stage's figures, and a re-run skips what is done and redoes only what is missing."""
+
+import json
+
+from pocketchat.cli import main
+from pocketchat.speedrun import STAGES
+
+
+def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["speedrun", "--preset", "smoke", "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert list(report) == [name for name, _ in STAGES]
+    assert all(r["seconds"] > 0 for r in report.values())
+
+    m = {name: r["metrics"] for name, r in report.items()}
+    assert m["pretrain"]["val_bpb"] > 0 and m["compare"]["train_pairs"] > 0 and m["compare"]["test_pairs"] > 0
+    assert 0 <= m["rm"]["accuracy"] <= 1 and m["rm"]["reward_std"] > 0
+    for name in ("ppo", "grpo"):  # RL measures the SFT model first, then the policy, on the same eval
+        assert 0 <= m[name]["gold_sft"] <= 1 and 0 <= m[name]["gold"] <= 1 and m[name]["kl"] == m[name]["kl"]
+    assert 0 <= m["dpo"]["pref_accuracy"] <= 1 and "gold" in m["dpo"]
+    assert {r["model"] for r in report["diversity"]["results"]} == {"base", "sft", "ppo", "grpo", "dpo"}
+    assert {r["strategy"] for r in report["strategies"]["results"]} == {"direct", "cot", "sc", "tool"}
+    for folder in ("base", "sft", "rm", "ppo", "grpo", "dpo"):  # every model is a Hugging Face folder
+        assert (run / folder / "config.json").is_file() and (run / folder / "model.safetensors").is_file()
+
+    card = (run / "report.md").read_text()
+    assert "## Alignment: SFT vs PPO vs GRPO vs DPO" in card and "| ppo |" in card and "distinct-2" in card
+    assert all((run / "plots" / f"{s}.png").is_file() for s in ("pretrain", "sft", "rm", "ppo", "grpo", "dpo"))
+    out = capsys.readouterr().out
+    assert "pocketchat chat --model" in out and "pocketchat serve --model" in out
+
+    # A lost stage record (as after a crash during the stage) is redone; the others are skipped.
+    del report["dpo"]
+    (run / "report.json").write_text(json.dumps(report))
+    assert main(["speedrun", "--preset", "smoke", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done earlier, skipped") == len(STAGES) - 1 and "[8/10] dpo\n" in out
+    assert "dpo" in json.loads((run / "report.json").read_text())
