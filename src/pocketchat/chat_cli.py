@@ -7,6 +7,7 @@ Multi-line input: end a line with a backslash to continue it, or wrap a block in
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from pocketchat.chat import parse_assistant, render_prompt
 from pocketchat.engine import Engine, SamplingParams
@@ -43,7 +44,9 @@ def read_message(prompt: str = "you> ") -> str | None:
 
 
 def chat_loop(engine: Engine, system: str = "", temperature: float = 0.7, max_tokens: int = 512, tools: bool = True,
-              out=sys.stdout) -> None:
+              out=sys.stdout, augment: Callable[[str], str] | None = None) -> None:
+    """augment(message) -> what the model is sent instead (e.g. the message with retrieved passages); the
+    history keeps what was sent, so every later prompt renders the tokens the model saw."""
     messages: list[dict] = []
     print(HELP, file=out)
     while True:
@@ -75,7 +78,7 @@ def chat_loop(engine: Engine, system: str = "", temperature: float = 0.7, max_to
         if not text.strip():
             continue
 
-        messages.append({"role": "user", "content": text})
+        messages.append({"role": "user", "content": augment(text) if augment else text})
         conversation = ([{"role": "system", "content": system}] if system else []) + messages
         prompt = render_prompt(engine.tokenizer, conversation)
         room = engine.config.max_position_embeddings - len(prompt)

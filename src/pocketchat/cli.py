@@ -172,8 +172,24 @@ def cmd_chat(args, overrides) -> None:
     from pocketchat.chat_cli import chat_loop
 
     no_overrides(overrides)
+    augment = None
+    if args.rag:
+        from pocketchat.strategies.rag import rag_prompt
+
+        search = open_retriever(args.rag, args.retrieval)
+
+        def augment(text: str) -> str:
+            hits = search.search(text, args.k)
+            print("(retrieved: " + "; ".join(repr(h.text[:40] + "...") for h in hits) + ")")
+            return rag_prompt(text, [h.text for h in hits])
     chat_loop(load_engine(args.model, args.device), system=args.system, temperature=args.temperature,
-              max_tokens=args.max_tokens, tools=not args.no_tools)
+              max_tokens=args.max_tokens, tools=not args.no_tools, augment=augment)
+
+
+def open_retriever(index: str, mode: str):
+    from pocketchat.rag import FlatStore, retriever
+
+    return retriever(FlatStore.load(index), mode)
 
 
 def cmd_import(args, overrides) -> None:
@@ -264,12 +280,25 @@ def cmd_ask(args, overrides) -> None:
         raise UserError("ask: give a QUESTION, or --task NAME to score the strategy on held-out instances")
     if args.shots and args.task is None:
         raise UserError("--shots: the demonstrations come from a task's train split; name it with --task")
+    if args.strategy == "rag" and not args.rag:
+        raise UserError("--strategy rag answers from a retrieval index: give --rag INDEX (pocketchat index DOCS --out INDEX)")
     llm = (LocalLLM(load_engine(args.model, args.device)) if args.model
            else OpenAILLM(args.endpoint, args.model_name, args.api_key))
+    search = open_retriever(args.rag, args.retrieval) if args.rag else None
+    if args.strategy == "rag":
+        from pocketchat.strategies.rag import rag_answer
+
+        if args.question is None:
+            raise UserError("ask --strategy rag needs a QUESTION")
+        result = rag_answer(llm, search, args.question, args.k, max_tokens=args.max_tokens)
+        for rank, hit in enumerate(result.passages, 1):
+            print(f"[{rank}] {hit.score:.3f} {hit.text[:100]!r}")
+        print(f"answer: {result.answer}")
+        return
     settings = Settings(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens, rounds=args.rounds,
                         breadth=args.breadth, depth=args.depth, generator=args.generator, n_generate=args.n_generate,
                         evaluator=args.evaluator, n_evaluate=args.n_evaluate, selection=args.selection,
-                        max_steps=args.max_steps, plan=args.plan, shots=args.shots, seed=args.seed)
+                        max_steps=args.max_steps, plan=args.plan, retriever=search, shots=args.shots, seed=args.seed)
     if args.question is None:
         r = evaluate(llm, args.strategy, args.task, args.n_eval, settings, seed=args.seed)
         print(f"{r['strategy']} on {r['n']} held-out {r['task']} instances: accuracy {r['accuracy']:.1%}, "
@@ -295,6 +324,12 @@ def check_run_folder(out: Path, resume: bool) -> None:
 def no_overrides(overrides: dict) -> None:
     if overrides:
         raise UserError(f"unknown option(s): {', '.join('--' + k for k in overrides)}")
+
+
+def add_rag_arguments(s: argparse.ArgumentParser, help: str = "put the passages it finds for each message into the prompt") -> None:
+    s.add_argument("--rag", metavar="INDEX", help=f"a retrieval index (pocketchat index): {help}")
+    s.add_argument("--k", type=int, default=3, help="passages retrieved per question")
+    s.add_argument("--retrieval", default="hybrid", help="dense | bm25 | hybrid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("--max-tokens", type=int, default=512)
     s.add_argument("--no-tools", action="store_true", help="do not run tool calls")
+    add_rag_arguments(s)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_chat)
 
@@ -461,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--endpoint", help="an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--model-name", help="the endpoint's model (default: the first one it lists)")
     s.add_argument("--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)")
-    s.add_argument("--strategy", default="cot", help="direct | cot | sc | reflect | tool | tot | react")
+    s.add_argument("--strategy", default="cot", help="direct | cot | sc | reflect | tool | tot | react | rag")
     s.add_argument("--n", type=int, default=5, help="sc: samples to vote over")
     s.add_argument("--temperature", type=float, default=0.7, help="sc, tot: sampling temperature")
     s.add_argument("--max-tokens", type=int, default=256, help="per completion")
@@ -475,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--selection", default="greedy", help="tot: greedy | sample")
     s.add_argument("--max-steps", type=int, default=6, help="react: model replies before giving up")
     s.add_argument("--plan", action="store_true", help="react: write a task list first")
+    add_rag_arguments(s, "rag: answer from these passages; react: a `search` tool over them")
     s.add_argument("--task", help="score on this task's held-out instances (tasks of `pocketchat eval`, game24, reach)")
     s.add_argument("--n-eval", type=int, default=20, help="instances to score with --task")
     s.add_argument("--shots", type=int, default=0, help="few-shot demonstrations from --task's train split")

@@ -1,0 +1,61 @@
+"""`--rag INDEX` on `pocketchat ask` and `pocketchat chat`: the passages found for a question reach the model."""
+
+import pytest
+import torch
+
+from pocketchat.cli import main
+from pocketchat.model import CausalLM, ModelConfig
+from pocketchat.tasks.facts import facts_corpus, write_documents
+from pocketchat.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(model folder, index, a question and its answer) over the made-up facts corpus."""
+    docs, questions = facts_corpus(12, 2, seed=3)
+    root = tmp_path_factory.mktemp("rag")
+    tok = Tokenizer.train([d.text for d in docs], vocab_size=400)
+    torch.manual_seed(0)
+    CausalLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)).save_pretrained(root / "m")
+    tok.save(root / "m")
+    write_documents(docs, root / "facts.jsonl")
+    assert main(["index", str(root / "facts.jsonl"), "--out", str(root / "facts.idx"), "--embedder", f"model:{root / 'm'}",
+                 "--chunk-tokens", "64", "--overlap", "8"]) == 0
+    return root / "m", root / "facts.idx", questions[0]
+
+
+def test_ask_rag_shows_the_passages_it_answered_from(setup, capsys):
+    model, index, q = setup
+    capsys.readouterr()
+    assert main(["ask", q.question, "--model", str(model), "--strategy", "rag", "--rag", str(index), "--retrieval", "bm25",
+                 "--k", "2", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    passages = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(passages) == 2 and q.answer in passages[0] and "answer: " in out
+
+
+def test_ask_rag_needs_an_index(setup, capsys):
+    model, _, q = setup
+    assert main(["ask", q.question, "--model", str(model), "--strategy", "rag"]) == 2
+    assert "--rag INDEX" in capsys.readouterr().err
+
+
+def test_chat_rag_puts_retrieved_passages_into_the_prompt(setup, monkeypatch, capsys):
+    model, index, q = setup
+    sent = []
+    from pocketchat.engine import Engine
+
+    real_stream = Engine.stream
+
+    def stream(self, prompt, params):  # record what the model is asked
+        sent.append(self.tokenizer.decode(prompt))
+        return real_stream(self, prompt, params)
+
+    monkeypatch.setattr(Engine, "stream", stream)
+    lines = iter([q.question, "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(model), "--rag", str(index), "--retrieval", "bm25", "--max-tokens", "3"]) == 0
+    assert "(retrieved: " in capsys.readouterr().out
+    assert q.answer in sent[0] and f"Question: {q.question}" in sent[0]
