@@ -233,16 +233,43 @@ def cmd_sample(args, overrides) -> None:
     from pocketchat.engine import SamplingParams
 
     no_overrides(overrides)
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            max_tokens=args.max_tokens, seed=args.seed)
     engine = load_engine(args.model, args.device)
     tokenizer = engine.tokenizer
-    prompt = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
-    sys.stdout.write(args.prompt)
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_tokens=args.max_tokens, seed=args.seed, logits_processor=constraint(args, tokenizer))
+    if args.chat:
+        from pocketchat.chat import render_prompt
+
+        prompt = render_prompt(tokenizer, [{"role": "user", "content": args.prompt}])
+    else:
+        prompt = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
+        sys.stdout.write(args.prompt)
     for event in engine.stream(prompt, params):
         sys.stdout.write(event.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def constraint(args, tokenizer):
+    """The token mask of --json-schema / --regex / --choices (at most one), or None."""
+    from pocketchat.engine.constrain import choice_processor, json_schema_processor, regex_processor
+
+    given = [name for name in ("json_schema", "regex", "choices") if getattr(args, name)]
+    if len(given) > 1:
+        raise UserError(f"give at most one of --json-schema, --regex, --choices (got {', '.join(given)})")
+    if args.json_schema:
+        schema = args.json_schema
+        if not schema.lstrip().startswith("{"):
+            path = Path(schema)
+            if not path.is_file():
+                raise UserError(f"--json-schema: {schema} is neither a JSON object nor a file")
+            schema = path.read_text()
+        return json_schema_processor(tokenizer, schema)
+    if args.regex:
+        return regex_processor(tokenizer, args.regex)
+    if args.choices:
+        return choice_processor(tokenizer, args.choices.split("|"))
+    return None
 
 
 def cmd_serve(args, overrides) -> None:
@@ -462,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--chat", action="store_true", help="send the prompt as a user turn (chat models) and print the reply")
+    s.add_argument("--json-schema", help="constrain the output to this JSON schema (inline JSON or a file)")
+    s.add_argument("--regex", help="constrain the output to match this regular expression")
+    s.add_argument("--choices", help="constrain the output to one of these strings, separated by |")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
 

@@ -1,4 +1,4 @@
-"""`--rag INDEX` on `pocketchat ask` and `pocketchat chat`: the passages found for a question reach the model."""
+"""`--rag INDEX` on `ask` and `chat` (the passages found for a question reach the model); constrained `sample`."""
 
 import pytest
 import torch
@@ -59,3 +59,18 @@ def test_chat_rag_puts_retrieved_passages_into_the_prompt(setup, monkeypatch, ca
     assert main(["chat", "--model", str(model), "--rag", str(index), "--retrieval", "bm25", "--max-tokens", "3"]) == 0
     assert "(retrieved: " in capsys.readouterr().out
     assert q.answer in sent[0] and f"Question: {q.question}" in sent[0]
+
+
+def test_sample_with_a_json_schema_gives_valid_json(setup, capsys):
+    import json
+
+    model, _, _ = setup
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    capsys.readouterr()
+    assert main(["sample", "--model", str(model), "--chat", "--prompt", "a number?", "--json-schema", json.dumps(schema),
+                 "--max-tokens", "40", "--seed", "1"]) == 0
+    reply = capsys.readouterr().out.strip()
+    assert set(json.loads(reply)) == {"n"} and isinstance(json.loads(reply)["n"], int)
+    assert main(["sample", "--model", str(model), "--regex", "a+", "--choices", "x|y"]) == 2
+    assert main(["sample", "--model", str(model), "--json-schema", "nope.json"]) == 2
+    assert "--json-schema: nope.json is neither" in capsys.readouterr().err
