@@ -27,7 +27,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -37,7 +37,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from pocketchat.chat import CHAT_TEMPLATE, TOOL_CALL, parse_assistant, render_prompt, render_with_template
-from pocketchat.engine import Engine, SamplingParams
+from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.engine.batcher import Batcher, Delta, QueueFull
 from pocketchat.errors import UserError
 from pocketchat.serve.schemas import ChatRequest, CompletionRequest, Sampling, error_param
@@ -100,6 +100,7 @@ class Choice:
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     finish_reason: str | None = None
     generated: int = 0  # tokens generated, a final stop token included (usage counts it)
+    completion: Completion | None = None  # the engine's whole completion, once finished
 
     def add(self, d: Delta) -> None:
         self.text += d.text
@@ -107,7 +108,7 @@ class Choice:
         self.logprobs += d.logprobs or []
         self.top_logprobs += d.top_logprobs or []
         if d.finish_reason is not None:
-            self.finish_reason = d.finish_reason
+            self.finish_reason, self.completion = d.finish_reason, d.completion
             self.generated = len(d.completion.token_ids) if d.completion else len(self.token_ids)
 
 
@@ -172,8 +173,11 @@ class Job:
 
 
 def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_batch: int = 16,
-               max_queue: int = 64) -> FastAPI:
-    """The server for one model. `app.state.batcher` runs from startup to shutdown (the app's lifespan)."""
+               max_queue: int = 64, label: str | Path | None = None, label_tasks: Sequence[str] | None = None) -> FastAPI:
+    """The server for one model. `app.state.batcher` runs from startup to shutdown (the app's lifespan).
+
+    label: a comparison JSONL file; with it the app also serves the labeling page at /label (see
+    serve/labeling.py), drawing task prompts from `label_tasks` (default: those `pocketchat compare` uses)."""
     batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue)
     tokenizer, context = engine.tokenizer, engine.config.max_position_embeddings
     pieces = TokenPieces(tokenizer)
@@ -473,6 +477,10 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
                 "top_logprobs": [{pieces.text(t): l for t, l in top.items()} for top in tops] if tops else None}
 
     app.include_router(v1)
+    if label is not None:
+        from pocketchat.serve.labeling import label_router
+
+        app.include_router(label_router(engine, batcher, label, authorize, label_tasks))
 
     # ---- health and the chat page --------------------------------------------------------------------------
 

@@ -120,9 +120,31 @@ class CompletionRequest(Sampling):
     best_of: PositiveInt | None = None
 
 
+# ---- the labeling page's endpoints (serve/labeling.py) ---------------------------------------------------------
+
+class LabelSamplesRequest(Body):
+    """Sample k replies to one prompt: a task-suite prompt by its index, or a prompt the person typed."""
+
+    task_index: Annotated[int, Field(ge=0)] | None = None
+    prompt: str | None = None
+    k: Annotated[int, Field(ge=2, le=16)] = 4
+    temperature: Temperature = 1.0
+    top_p: Probability = 1.0
+    max_tokens: PositiveInt = 160
+    seed: int | None = None
+
+
+class LabelRankRequest(Body):
+    """The person's ranking of a sampled set: indices of its replies, best first, each exactly once."""
+
+    id: str
+    ranking: list[int]
+
+
 def _field_names() -> set[str]:
     models = [TextPart, FunctionCall, ToolCall, Message, FunctionSpec, Tool, NamedFunction, NamedToolChoice,
-              JSONSchemaFormat, ResponseFormat, StreamOptions, ChatRequest, CompletionRequest]
+              JSONSchemaFormat, ResponseFormat, StreamOptions, ChatRequest, CompletionRequest, LabelSamplesRequest,
+              LabelRankRequest]
     return {name for m in models for f_name, f in m.model_fields.items() for name in (f_name, f.alias) if name}
 
 

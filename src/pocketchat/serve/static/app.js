@@ -114,8 +114,10 @@ function renderMessage(conv, index) {
     actions.append(note);
   }
   if (!controller && msg.role === "user") actions.append(button("Edit", () => editMessage(conv, index, div)));
-  if (!controller && msg.role === "assistant" && index === conv.messages.length - 1) {
-    actions.append(button("Regenerate", () => regenerate(conv)));
+  if (!controller && index === conv.messages.length - 1) {
+    // the last reply can be sampled again; a last question with no reply (it failed) can be retried
+    if (msg.role === "assistant") actions.append(button("Regenerate", () => regenerate(conv)));
+    else if (msg.role === "user") actions.append(button("Retry", () => generate(conv)));
   }
   div.append(actions);
   return div;
@@ -184,8 +186,11 @@ async function generate(conv) {
   el.dataset.streaming = "true";
   const content = el.querySelector(".content");
   try {
-    const body = { model: s.model, messages, stream: true, temperature: Number(s.temperature), top_p: Number(s.top_p),
-                   max_tokens: Number(s.max_tokens) };
+    const body = { model: s.model, messages, stream: true };
+    // an empty field means the server's default (not 0)
+    for (const name of ["temperature", "top_p", "max_tokens"]) {
+      if (s[name].trim() !== "") body[name] = Number(s[name]);
+    }
     const res = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body),
                                                       signal: controller.signal });
     if (!res.ok) throw new Error(await errorMessage(res));
@@ -202,6 +207,8 @@ async function generate(conv) {
     if (e.name === "AbortError") reply.stopped = true;
     else showError(e.message);
   } finally {
+    // a reply that failed before its first word is dropped (Retry sends the question again)
+    if (!reply.content && !reply.stopped) conv.messages.splice(conv.messages.indexOf(reply), 1);
     controller = null;
     setBusy(false);
     save();
@@ -229,6 +236,7 @@ function editMessage(conv, index, div) {
   const saveEdit = button("Save & submit", () => {
     if (!area.value.trim()) return;
     conv.messages = conv.messages.slice(0, index);
+    if (index === 0) conv.title = "New chat";  // send() titles it after the edited question
     send(area.value);
   });
   div.replaceChildren(area, saveEdit, button("Cancel", render));
@@ -252,7 +260,7 @@ function init() {
     send(text);
   });
   $("input").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $("composer").requestSubmit();
     }

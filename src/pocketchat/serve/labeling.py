@@ -1,0 +1,196 @@
+"""The browser labeling view: the recipe's contractor step, in a page at /label.
+
+    GET  /label               the page (static/label.html + label.js)
+    GET  /label/api/status    the output file, how many comparisons it holds, the tasks prompts come from
+    GET  /label/api/prompt    ?index=N: the N-th prompt of the task suite's train split (`tasks.mixture`)
+    POST /label/api/samples   {task_index | prompt, k, temperature, top_p, max_tokens, seed}: k sampled replies
+    POST /label/api/rank      {id, ranking}: the person's ranking, best first; every ranked pair is appended
+
+A sampled set is kept on the server until it is ranked (the most recent MAX_PENDING sets), so what is
+written is exactly what the model said, finish reasons included, whatever the page sends back. Records are
+the ones `pocketchat compare` writes (`labeler.comparison_record` for task-suite prompts, the same keys for
+a typed prompt), each checked with the comparison loader's own parser before it is written; pairs of
+identical replies are left out (`labeler.ranked_pairs`). One ranking's lines go out in one write, then
+flush and fsync, so a killed server leaves whole lines. Samples go through the server's batcher, next to
+the chat traffic; task prompts of the tool style run the calculator, as `compare` does, and so does a
+typed prompt, as `pocketchat chat` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+
+from pocketchat.chat import render_prompt
+from pocketchat.chat_cli import completion_messages
+from pocketchat.data.comparisons import parse_comparison
+from pocketchat.engine import Completion, Engine, SamplingParams
+from pocketchat.engine.batcher import Batcher
+from pocketchat.errors import UserError
+from pocketchat.labeler import comparison_record, ranked_pairs
+from pocketchat.serve.app import PAGE_CSP, STATIC, APIError, Job
+from pocketchat.serve.schemas import LabelRankRequest, LabelSamplesRequest
+from pocketchat.tasks import STYLES, Example, get_task, mixture, prompt_messages
+
+LABELER = "human"  # the record's labeler, as `pocketchat compare --labeler human` writes it
+MAX_PENDING = 256  # sampled sets waiting for a ranking; older ones are forgotten
+PER_TASK = 200  # task-suite prompts drawn per task (the index wraps around after all of them)
+
+
+@dataclass
+class SampleSet:
+    messages: list[dict]
+    example: Example | None  # None for a typed prompt
+    style: str | None
+    completions: list[Completion]
+
+
+def typed_record(messages: list[dict], chosen: Completion, rejected: Completion) -> dict:
+    """`comparison_record`'s line for a prompt that is not a task-suite instance (no task, no style)."""
+    return {"messages": messages, "chosen": completion_messages(chosen.text),
+            "rejected": completion_messages(rejected.text), "chosen_ended": chosen.finish_reason == "stop",
+            "rejected_ended": rejected.finish_reason == "stop", "labeler": LABELER}
+
+
+class ComparisonFile:
+    """Append-only comparison JSONL: whole lines, one write per ranking, flushed and fsynced."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"--label {self.path}: is a folder; give a .jsonl file to append comparisons to")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                data = f.read()
+            self.count = sum(1 for line in data.splitlines() if line.strip())
+            self._needs_newline = bool(data) and not data.endswith(b"\n")  # a line cut short by a crash
+        else:
+            self._needs_newline = False
+        self._lock = threading.Lock()
+
+    def append(self, records: Sequence[dict]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with self._lock:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(("\n" if self._needs_newline else "") + text)
+                f.flush()
+                os.fsync(f.fileno())
+            self._needs_newline = False
+            self.count += len(records)
+
+
+def label_router(engine: Engine, batcher: Batcher, out: str | Path, authorize: Callable,
+                 tasks: Sequence[str] | None = None, styles: Sequence[str] = STYLES, seed: int = 0) -> APIRouter:
+    """The /label page and its API. `authorize` is the server's API-key check (the page itself is public,
+    like the chat page; what it asks for needs the key)."""
+    tokenizer, context = engine.tokenizer, engine.config.max_position_embeddings
+    task_names = [get_task(t).name for t in (tasks or ["add2", "add", "mul", "word", "count_letters", "sort_list", "units"])]
+    if not task_names:
+        raise UserError("labeling needs at least one task")
+    file = ComparisonFile(out)
+    can_use_tools = None not in (engine.tool_open, engine.tool_close, engine.im_start, engine.im_end)
+    pending: OrderedDict[str, SampleSet] = OrderedDict()
+    cases: list[tuple[Example, str]] = []
+
+    def case(index: int) -> tuple[Example, str]:
+        if not cases:
+            cases.extend(mixture("train", PER_TASK, seed, styles, task_names))
+        return cases[index % len(cases)]
+
+    router = APIRouter()
+
+    @router.get("/label", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "label.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    api = APIRouter(prefix="/label/api", dependencies=[Depends(authorize)])
+
+    @api.get("/status")
+    async def status():
+        return {"file": str(file.path), "comparisons": file.count, "tasks": task_names, "styles": list(styles)}
+
+    @api.get("/prompt")
+    async def prompt(index: int = 0):
+        if index < 0:
+            raise APIError(400, "index must be >= 0", param="index")
+        example, style = case(index)
+        return {"index": index, "task": example.task, "style": style,
+                "content": prompt_messages(example, style)[0]["content"]}
+
+    @api.post("/samples")
+    async def samples(body: LabelSamplesRequest, request: Request):
+        if (body.task_index is None) == (body.prompt is None):
+            raise APIError(400, "give either task_index (a task-suite prompt) or prompt (your own text)",
+                           param="prompt")
+        if body.k > batcher.max_queue:
+            raise APIError(400, f"k is {body.k}; this server takes at most {batcher.max_queue} completions per request",
+                           param="k")
+        if body.task_index is not None:
+            example, style = case(body.task_index)
+            messages, tools = prompt_messages(example, style), style == "tool"
+        else:
+            if not body.prompt.strip():
+                raise APIError(400, "prompt is empty", param="prompt")
+            example, style = None, None
+            messages, tools = [{"role": "user", "content": body.prompt}], True
+        ids = render_prompt(tokenizer, messages)
+        if len(ids) >= context:
+            raise APIError(400, f"this model's maximum context length is {context} tokens; the prompt has "
+                           f"{len(ids)}", param="prompt", code="context_length_exceeded")
+        params = [SamplingParams(temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens,
+                                 tools=tools and can_use_tools,
+                                 seed=None if body.seed is None else body.seed + i) for i in range(body.k)]
+        choices = await Job(batcher, [(ids, params)]).collect(request)
+        if any(c.completion is None for c in choices):  # the client went away
+            raise APIError(503, "the request was cancelled", type="server_error")
+        set_id = f"lbl-{uuid.uuid4().hex}"
+        pending[set_id] = SampleSet(messages, example, style, [c.completion for c in choices])
+        while len(pending) > MAX_PENDING:
+            pending.popitem(last=False)
+        return {"id": set_id, "prompt": messages[0]["content"], "task": example and example.task, "style": style,
+                "completions": [{"index": i, "text": c.completion.text, "finish_reason": c.completion.finish_reason}
+                                for i, c in enumerate(choices)]}
+
+    @api.post("/rank")
+    async def rank(body: LabelRankRequest):
+        got = pending.get(body.id)
+        if got is None:
+            raise APIError(404, f"no sampled set {body.id!r} waits for a ranking (ranked already, or forgotten)",
+                           param="id", code="not_found")
+        k = len(got.completions)
+        if sorted(body.ranking) != list(range(k)):
+            raise APIError(400, f"ranking must list each reply index 0..{k - 1} exactly once, best first; "
+                           f"got {body.ranking}", param="ranking")
+        texts = [c.text for c in got.completions]
+        pairs, ties = ranked_pairs(body.ranking, texts)
+        records, refused = [], []
+        for a, b in pairs:
+            chosen, rejected = got.completions[a], got.completions[b]
+            record = (comparison_record(got.example, got.style, chosen, rejected, LABELER) if got.example is not None
+                      else typed_record(got.messages, chosen, rejected))
+            try:
+                parse_comparison(record)
+            except UserError as e:  # e.g. two replies that differ only in what the loader ignores
+                refused.append(str(e))
+                continue
+            records.append(record)
+        del pending[body.id]
+        if records:
+            await asyncio.to_thread(file.append, records)
+        return {"pairs": len(records), "ties": ties, "refused": refused, "comparisons": file.count,
+                "file": str(file.path)}
+
+    router.include_router(api)
+    return router

@@ -1,0 +1,394 @@
+"""The web pages in a real browser: headless Chromium (Debian's `chromium`, driven by playwright without
+`playwright install`) against a real uvicorn server, as a person uses them.
+
+The chat page (/) runs on the scripted model of test_serve.py, whose reply holds HTML that must stay text
+(`<img onerror=...>`, `<SCRIPT>`) and Markdown that must render (**bold**); the labeling page (/label) runs
+on the random model, whose samples differ from each other. One browser serves the whole module; every test
+gets a fresh context (empty localStorage) and fails on any page error or console error (a CSP violation
+included). Without /usr/bin/chromium the browser tests skip (`apt-get install -y chromium`), except under
+CI (the CI variable set), where they fail: .ci/run installs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from pocketchat.chat_cli import completion_messages
+from pocketchat.cli import main
+from pocketchat.data.comparisons import load_comparisons
+from pocketchat.errors import UserError
+from pocketchat.labeler import comparison_record
+from pocketchat.serve.app import create_app
+from pocketchat.tasks import mixture, prompt_messages
+from test_serve import REPLY, random_engine, running, scripted_engine, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 15_000
+LABEL_TASKS = ["add2", "sort_list"]
+
+
+# ---- servers and the browser ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chat_site():
+    """(engine, base URL, app) of the scripted model's server."""
+    engine = scripted_engine()
+    app = create_app(engine, "scripted")
+    with running(app) as url:
+        yield engine, url, app
+
+
+@pytest.fixture(scope="module")
+def label_site(tmp_path_factory):
+    """(base URL, the comparison file) of a labeling server over the random model."""
+    out = tmp_path_factory.mktemp("label") / "comparisons.jsonl"
+    app = create_app(random_engine(), "rnd", label=out, label_tasks=LABEL_TASKS)
+    with running(app) as url:
+        yield url, out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def new_page(browser):
+    """Open a page in a fresh browser context; on teardown, fail on any error the pages reported."""
+    contexts, errors = [], []
+
+    def open_page(url: str):
+        context = browser.new_context()
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        # (a 4xx answer is logged as "Failed to load resource"; what the page makes of it is tested)
+        page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+                and errors.append(f"console: {m.text}"))
+        page.goto(url)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert not errors, errors
+
+
+def chat_bodies(page) -> list[dict]:
+    """The JSON bodies of the page's chat requests, as they are sent."""
+    bodies = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and bodies.append(r.post_data_json))
+    return bodies
+
+
+def open_chat(new_page, url: str, max_tokens: int | None = None):
+    page = new_page(url)
+    page.wait_for_function("() => document.getElementById('model').options.length > 0")
+    if max_tokens is not None:
+        page.fill("#max-tokens", str(max_tokens))
+    return page
+
+
+def send(page, text: str) -> None:
+    """Type a message, press Enter, wait for the reply to finish."""
+    before = page.locator(".message.assistant").count()
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+    page.wait_for_function(f"() => document.querySelectorAll('.message.assistant').length > {before} "
+                           "&& document.getElementById('stop').hidden")
+
+
+def texts(page, selector: str) -> list[str]:
+    return page.locator(selector).all_text_contents()
+
+
+def reply_tokens(engine) -> int:
+    return len(engine.tokenizer.encode(REPLY))
+
+
+# ---- the chat page -------------------------------------------------------------------------------------------
+
+def test_page_is_served_with_its_csp_and_lists_the_models(new_page, chat_site):
+    _, url, _ = chat_site
+    csp = httpx.get(url).headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    page = open_chat(new_page, url)
+    models = httpx.get(f"{url}/v1/models").json()["data"]
+    assert [o for o in page.locator("#model option").all_text_contents()] == [m["id"] for m in models] == ["scripted"]
+
+
+def test_reply_streams_in_and_renders_markdown_but_no_markup_from_the_model(new_page, chat_site):
+    engine, url, _ = chat_site
+    page = open_chat(new_page, url, max_tokens=reply_tokens(engine) + 2)
+    # every length the reply's text had on screen while it streamed
+    page.evaluate("""() => {
+        window.lengths = [];
+        new MutationObserver(() => {
+            const el = document.querySelector('[data-streaming] .content');
+            if (el) window.lengths.push(el.textContent.length);
+        }).observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true});
+    }""")
+    send(page, "say <b>it</b>")
+    shown = texts(page, ".message.assistant .content")[0]
+    assert shown == REPLY.replace("**bold**", "bold") + " la la"
+    lengths = page.evaluate("window.lengths")
+    assert len(set(lengths)) >= 3 and max(lengths) == len(shown), lengths  # it grew piece by piece
+    # the model's HTML is text: no element, no handler, no script ran; its Markdown is rendered
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.locator("img").count() == 0 and page.locator("#messages script").count() == 0
+    assert texts(page, ".message.assistant strong") == ["bold"]
+    # and so is the person's own message
+    assert texts(page, ".message.user .content") == ["say <b>it</b>"] and page.locator(".message.user b").count() == 0
+
+
+def test_stop_cancels_the_generation_on_the_server(new_page, chat_site):
+    _, url, app = chat_site
+    stats = app.state.batcher.stats
+    wait_for(lambda: stats.running == 0)
+    cancelled, generated = stats.cancelled, stats.generated_tokens
+    page = open_chat(new_page, url, max_tokens=2000)  # this model never stops by itself
+    page.fill("#input", "go on forever")
+    page.press("#input", "Enter")
+    page.wait_for_function("() => (document.querySelector('[data-streaming] .content')?.textContent || '').includes('la')")
+    page.click("#stop")
+    wait_for(lambda: stats.cancelled == cancelled + 1 and stats.running == 0)
+    assert stats.generated_tokens - generated < 2000
+    page.wait_for_selector("#stop", state="hidden")
+    assert texts(page, ".message.assistant .note") == ["(stopped)"]
+    assert texts(page, ".message.assistant .content")[0].startswith("Hi <img")
+    stored = page.evaluate("JSON.parse(localStorage.getItem('pocketchat.conversations'))")
+    assert stored[0]["messages"][-1]["stopped"] is True
+    assert page.locator("#send").is_enabled()
+
+
+def test_regenerate_and_edit_resend_the_right_history(new_page, chat_site):
+    engine, url, _ = chat_site
+    page = open_chat(new_page, url, max_tokens=reply_tokens(engine))
+    bodies = chat_bodies(page)
+    send(page, "first question")
+    send(page, "second question")
+    reply = REPLY.replace("**bold**", "bold")
+    assert [m["role"] for m in bodies[-1]["messages"]] == ["user", "assistant", "user"]
+    assert bodies[-1]["messages"][1]["content"] == REPLY  # the history holds what the model said, not the HTML
+    # regenerate: the last reply is sampled again from the same history
+    page.click(".message.assistant >> nth=-1 >> text=Regenerate")
+    page.wait_for_function("() => document.getElementById('stop').hidden && document.querySelectorAll('.message').length === 4")
+    assert len(bodies) == 3 and bodies[2]["messages"] == bodies[1]["messages"]
+    # edit the first question: everything after it goes, the edited question is sent
+    page.click(".message.user >> nth=0 >> text=Edit")
+    page.fill("textarea.edit", "edited question")
+    page.click("text=Save & submit")
+    page.wait_for_function("() => document.getElementById('stop').hidden && document.querySelectorAll('.message').length === 2")
+    assert [m["content"] for m in bodies[3]["messages"]] == ["edited question"]
+    assert texts(page, ".message .content") == ["edited question", reply]
+    assert texts(page, "#conversations .open") == ["edited question"]
+
+
+def test_conversations_persist_across_a_reload(new_page, chat_site):
+    engine, url, _ = chat_site
+    page = open_chat(new_page, url, max_tokens=reply_tokens(engine))
+    send(page, "remember me")
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+    send(page, "and me")
+    page.reload()
+    page.wait_for_selector(".message.assistant")
+    assert texts(page, "#conversations .open") == ["and me", "remember me"]
+    assert texts(page, ".message.user .content") == ["and me"]  # the conversation that was open
+    page.click("#conversations .open >> text=remember me")
+    assert texts(page, ".message.user .content") == ["remember me"]
+    assert texts(page, ".message.assistant strong") == ["bold"]
+    assert page.locator("#max-tokens").input_value() == str(reply_tokens(engine))  # settings persist too
+
+
+def test_settings_reach_the_request(new_page, chat_site):
+    engine, url, _ = chat_site
+    page = open_chat(new_page, url)
+    bodies = chat_bodies(page)
+    page.fill("#system", "You are terse.")
+    page.fill("#temperature", "0.3")
+    page.fill("#top-p", "0.9")
+    page.fill("#max-tokens", "5")
+    page.select_option("#model", "scripted")
+    send(page, "hello")
+    assert bodies[0] == {"model": "scripted", "stream": True, "temperature": 0.3, "top_p": 0.9, "max_tokens": 5,
+                         "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello"}]}
+    # an emptied field means the server's default, not 0
+    page.fill("#system", "")
+    page.fill("#temperature", "")
+    page.fill("#top-p", "")
+    send(page, "again")
+    assert bodies[1]["max_tokens"] == 5 and "temperature" not in bodies[1] and "top_p" not in bodies[1]
+    assert bodies[1]["messages"][0]["role"] == "user"
+
+
+def test_a_server_error_is_shown_and_the_question_can_be_retried(new_page, chat_site):
+    engine, url, _ = chat_site
+    page = open_chat(new_page, url)
+    page.fill("#temperature", "5")  # out of range: the server answers 400
+    page.fill("#input", "hello")
+    page.press("#input", "Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "temperature" in page.text_content("#error")
+    assert page.locator(".message.assistant").count() == 0  # no empty reply is left behind
+    page.fill("#temperature", "1")
+    page.fill("#max-tokens", str(reply_tokens(engine)))
+    page.click(".message.user >> text=Retry")
+    page.wait_for_function("() => document.querySelectorAll('.message.assistant').length === 1 "
+                           "&& document.getElementById('stop').hidden")
+    assert page.locator("#error").is_hidden()
+    assert texts(page, ".message.assistant strong") == ["bold"]
+
+
+# ---- the labeling page ---------------------------------------------------------------------------------------
+
+def expected_pairs(ranking: list[int], replies: list[str]) -> list[tuple[int, int]]:
+    return [(a, b) for a, b in itertools.combinations(ranking, 2) if replies[a] != replies[b]]
+
+
+def rank_in_page(page, k: int, order: list[int]) -> list[str]:
+    """Sample k replies, pick them in `order` (best first; the last ranks itself), save; the replies' texts."""
+    page.fill("#k", str(k))
+    page.fill("#max-tokens", "6")
+    page.click("#sample")
+    page.wait_for_function(f"() => document.querySelectorAll('.reply').length === {k}")
+    replies = [page.text_content(f".reply[data-index='{i}'] .text") for i in range(k)]
+    for i in order[:-1]:
+        page.click(f".reply[data-index='{i}'] .pick")
+    assert texts(page, ".reply .rank") == [f"#{order.index(i) + 1}" for i in range(k)]
+    page.click("#save")
+    page.wait_for_selector("#saved:has-text('saved')")
+    return replies
+
+
+def test_label_page_writes_ranked_pairs_the_comparison_loader_reads(new_page, label_site):
+    url, out = label_site
+    before = len(load_comparisons(out).comparisons) if out.exists() else 0
+    page = new_page(f"{url}/label")
+    page.click("#task-prompt")
+    page.wait_for_function("() => document.getElementById('prompt').value !== ''")
+    prompt = page.input_value("#prompt")
+    example, style = mixture("train", 200, 0, ("direct", "cot", "tool"), LABEL_TASKS)[0]
+    assert prompt == prompt_messages(example, style)[0]["content"]
+    # undo takes back a pick (and the last, self-given rank with it)
+    page.fill("#k", "3")
+    page.fill("#max-tokens", "6")
+    page.click("#sample")
+    page.wait_for_selector(".reply .pick")
+    page.click(".reply[data-index='1'] .pick")
+    page.click(".reply[data-index='0'] .pick")
+    assert page.locator("#save").is_enabled()
+    page.click("#undo")
+    assert texts(page, ".reply .rank") == ["", "#1", ""] and page.locator("#save").is_disabled()
+    page.click("#skip")  # skipped: nothing is written, the next task prompt comes
+    page.wait_for_function(f"() => document.getElementById('prompt').value !== {json.dumps(prompt)}")
+    task_replies = rank_in_page(page, 3, [2, 0, 1])
+    task_prompt = mixture("train", 200, 0, ("direct", "cot", "tool"), LABEL_TASKS)[1]
+    # a prompt of one's own
+    page.wait_for_function(f"() => document.getElementById('prompt').value === "
+                           f"{json.dumps(prompt_messages(*mixture('train', 200, 0, ('direct', 'cot', 'tool'), LABEL_TASKS)[2])[0]['content'])}")
+    page.fill("#prompt", "Tell me a story.")
+    own_replies = rank_in_page(page, 2, [1, 0])
+    assert "comparisons in" in page.text_content("#status")
+
+    lines = [json.loads(line) for line in out.read_text().splitlines()][before:]
+    comparisons = load_comparisons(out).comparisons[before:]
+    task_pairs, own_pairs = expected_pairs([2, 0, 1], task_replies), expected_pairs([1, 0], own_replies)
+    assert len(lines) == len(comparisons) == len(task_pairs) + len(own_pairs)
+    for line, c, (a, b) in zip(lines, comparisons, task_pairs):
+        assert c.prompt_messages == prompt_messages(*task_prompt)
+        assert c.chosen_messages == completion_messages(task_replies[a])
+        assert c.rejected_messages == completion_messages(task_replies[b])
+        assert (line["task"], line["style"], line["labeler"]) == (task_prompt[0].task, task_prompt[1], "human")
+    for line, c, (a, b) in zip(lines[len(task_pairs):], comparisons[len(task_pairs):], own_pairs):
+        assert c.prompt_messages == [{"role": "user", "content": "Tell me a story."}]
+        assert (c.chosen_messages, c.rejected_messages) == (completion_messages(own_replies[a]), completion_messages(own_replies[b]))
+        assert "task" not in line and line["labeler"] == "human"
+
+
+def test_label_api_over_http(label_site):
+    url, out = label_site
+    api = f"{url}/label/api"
+    page = httpx.get(f"{url}/label")
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    status = httpx.get(f"{api}/status").json()
+    assert status["file"] == str(out) and status["tasks"] == LABEL_TASKS
+    cases = mixture("train", 200, 0, ("direct", "cot", "tool"), LABEL_TASKS)
+    assert httpx.get(f"{api}/prompt", params={"index": 3}).json()["content"] == prompt_messages(*cases[3])[0]["content"]
+
+    def error(method: str, path: str, status_code: int = 400, **kw) -> dict:
+        r = httpx.request(method, f"{api}/{path}", timeout=60, **kw)
+        assert r.status_code == status_code, r.text
+        e = r.json()["error"]
+        assert set(e) == {"message", "type", "param", "code"} and e["message"]
+        return e
+
+    assert error("GET", "prompt", params={"index": -1})["param"] == "index"
+    for body, param in [({}, "prompt"), ({"prompt": "hi", "task_index": 0}, "prompt"), ({"prompt": "  "}, "prompt"),
+                        ({"prompt": "hi", "k": 1}, "k"), ({"prompt": "hi", "k": 99}, "k"),
+                        ({"prompt": "hi", "temperature": 5}, "temperature"), ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+                        ({"task_index": -2}, "task_index"), ({"prompt": "hi " * 2000}, "prompt")]:
+        assert error("POST", "samples", json=body)["param"] == param, body
+    assert error("POST", "samples", content=b"{oops", headers={"content-type": "application/json"})
+
+    # samples are seeded like the chat API: completion i with seed + i
+    body = {"task_index": 3, "k": 3, "seed": 11, "max_tokens": 6}
+    first = httpx.post(f"{api}/samples", json=body, timeout=60).json()
+    again = httpx.post(f"{api}/samples", json=body, timeout=60).json()
+    assert first["id"] != again["id"] and first["prompt"] == prompt_messages(*cases[3])[0]["content"]
+    assert [c["text"] for c in first["completions"]] == [c["text"] for c in again["completions"]]
+    assert (first["task"], first["style"]) == (cases[3][0].task, cases[3][1])
+
+    assert error("POST", "rank", 404, json={"id": "lbl-nope", "ranking": [0, 1, 2]})["param"] == "id"
+    for ranking in ([0, 1], [0, 0, 1], [0, 1, 3], [2, 1, 0, 3]):
+        assert error("POST", "rank", json={"id": first["id"], "ranking": ranking})["param"] == "ranking"
+    n_before = len(out.read_text().splitlines()) if out.exists() else 0
+    done = httpx.post(f"{api}/rank", json={"id": first["id"], "ranking": [1, 2, 0]}).json()
+    replies = [c["text"] for c in first["completions"]]
+    pairs = expected_pairs([1, 2, 0], replies)
+    assert (done["pairs"], done["ties"], done["refused"]) == (len(pairs), 3 - len(pairs), [])
+    assert done["comparisons"] == n_before + len(pairs) == httpx.get(f"{api}/status").json()["comparisons"]
+    assert error("POST", "rank", 404, json={"id": first["id"], "ranking": [1, 2, 0]})["code"] == "not_found"  # once only
+    # exactly what `pocketchat compare --labeler human` would write for these replies
+    finished = [SimpleNamespace(text=c["text"], finish_reason=c["finish_reason"]) for c in first["completions"]]
+    written = [json.loads(line) for line in out.read_text().splitlines()][n_before:]
+    assert written == [comparison_record(*cases[3], finished[a], finished[b], "human") for a, b in pairs]
+    assert len(load_comparisons(out).comparisons) == n_before + len(pairs)
+
+
+def test_labeling_needs_the_api_key_and_a_usable_file(tmp_path):
+    engine = random_engine(context=64)
+    app = create_app(engine, "rnd", api_key="sekrit", label=tmp_path / "c.jsonl")
+    with running(app) as url:
+        assert httpx.get(f"{url}/label").status_code == 200  # the page is public, like the chat page
+        r = httpx.get(f"{url}/label/api/status")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        ok = httpx.get(f"{url}/label/api/status", headers={"Authorization": "Bearer sekrit"}).json()
+        assert ok["comparisons"] == 0
+    with pytest.raises(UserError, match="is a folder"):
+        create_app(engine, "rnd", label=tmp_path)
+    with pytest.raises(UserError, match="unknown task"):
+        create_app(engine, "rnd", label=tmp_path / "c.jsonl", label_tasks=["nope"])
+    engine.model.save_pretrained(tmp_path / "m")
+    engine.tokenizer.save(tmp_path / "m")
+    assert main(["serve", "--model", str(tmp_path / "m"), "--label", str(tmp_path)]) == 2
+    assert main(["serve", "--model", str(tmp_path / "m"), "--label", str(tmp_path / "c.jsonl"), "--label-tasks", "nope"]) == 2
+
