@@ -358,10 +358,23 @@ def test_tools_are_returned_as_tool_calls(scripted):
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
     assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
     assert json.loads(call.function.arguments) == {"days": 3}
-    # a named tool_choice forces the call's opening, in the chat template's format, up to the arguments; the
-    # scripted model then writes what follows its last token (not valid JSON here, so it comes back as text)
+    # a named tool_choice makes the call valid under that tool's parameters, even a call the model never
+    # learned: the scripted model wants get_weather and its days, the grammar leaves it only get_time's zones
+    time_tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}}}
+    for seed in range(3):
+        named = c.chat.completions.create(**kw | {"tools": [WEATHER_TOOL, time_tool], "max_tokens": 120, "seed": seed},
+                                          tool_choice={"type": "function", "function": {"name": "get_time"}})
+        (forced,) = named.choices[0].message.tool_calls
+        assert named.choices[0].finish_reason == "tool_calls" and forced.function.name == "get_time"
+        assert json.loads(forced.function.arguments)["zone"] in ("UTC", "CET")
+    # the model's own call passes the grammar as it is (compact JSON here)
     named = c.chat.completions.create(tool_choice={"type": "function", "function": {"name": "get_weather"}}, **kw)
-    assert named.choices[0].message.content.startswith('<tool_call>{"name": "get_weather", "arguments":')
+    assert json.loads(named.choices[0].message.tool_calls[0].function.arguments) == {"days": 3}
+    bad_tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(**kw | {"tools": [bad_tool]}, tool_choice="required")
+    assert e.value.param == "tools"
     # streamed: the call arrives as a tool_calls delta, with no tag text as content
     chunks = [ch for ch in c.chat.completions.create(tool_choice="required", stream=True, **kw) if ch.choices]
     deltas = [ch.choices[0].delta for ch in chunks]

@@ -11,7 +11,9 @@ request polls for the disconnect while it waits.
 Tool calls: when the request offers tools, the model's <tool_call>{json}</tool_call> is returned to the
 client as OpenAI `tool_calls` (the server never runs them; the engine stops at </tool_call>). pocketchat's
 ChatML template has no place for tool definitions, so its models only call the tools they were trained
-on; a checkpoint with its own chat template gets `tools` passed to it, as transformers does.
+on; a checkpoint with its own chat template gets `tools` passed to it, as transformers does. A forced call
+(tool_choice "required" or a named function) is decoded under a grammar (engine/constrain.py, llguidance):
+the call tags, a name among those allowed, and arguments valid under that tool's `parameters` schema.
 
 Every error is OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status for
 anything the client can fix; the server keeps serving whatever a request holds.
@@ -44,6 +46,8 @@ from pocketchat.serve.schemas import ChatRequest, CompletionRequest, Sampling, e
 from pocketchat.tokenizer import UNICODE_TO_BYTE
 
 STATIC = Path(__file__).parent / "static"
+# A forced tool call's JSON (see forced_call_processor): compact or json.dumps-spaced, nothing more.
+TOOL_CALL_JSON = {"whitespace_flexible": True, "whitespace_pattern": " ?", "lenient": True}
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 # The chat page loads nothing from elsewhere and runs no inline script: even a rendering bug could not
 # execute model output.
@@ -288,15 +292,18 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
         choice, fmt = body.tool_choice, body.response_format
         if choice not in (None, "none", "auto") and not body.tools:
             raise APIError(400, "tool_choice needs tools", param="tool_choice")
-        forced = None
+        forced = None  # the tools one of which must be called
         if tools and choice == "required":
-            forced = [engine.tool_open]
+            forced = body.tools
         elif tools and choice not in (None, "auto"):
-            if choice.function.name not in {t.function.name for t in body.tools}:
+            forced = [t for t in body.tools if t.function.name == choice.function.name][:1]
+            if not forced:
                 raise APIError(400, f"tool_choice names {choice.function.name!r}, which is not in tools", param="tool_choice")
-            forced = [engine.tool_open, *tokenizer.encode(f'{{"name": {json.dumps(choice.function.name)}, "arguments":')]
+        if forced and None in (engine.tool_open, engine.tool_close):
+            raise APIError(400, "this model's tokenizer has no <tool_call> and </tool_call> tokens, so it can't be made "
+                           "to call a tool", param="tool_choice")
         if fmt is None or fmt.type == "text":
-            return forced and force_prefix(forced)
+            return forced and forced_call_processor(forced)
         if forced:
             raise APIError(400, "response_format can't be combined with a forced tool_choice", param="response_format")
         if fmt.type == "json_schema" and fmt.json_schema is None:
@@ -312,6 +319,33 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
             return json_schema_processor(tokenizer, schema)
         except UserError as e:
             raise APIError(400, f"response_format: {e}", param="response_format") from None
+
+    def forced_call_processor(specs: list) -> object:
+        """One call to one of `specs`: <tool_call>{"name": N, "arguments": A}</tool_call> where A is valid under
+        N's `parameters` schema, so a forced call always parses. The JSON may be compact or spaced as
+        json.dumps writes it (at most one space in each place), so a model keeps its own style but can't pad.
+        Keywords the grammar engine can't enforce are ignored (lenient), as a model would ignore them."""
+        rules = []
+        for i, spec in enumerate(specs):
+            parameters = {"type": "object", **(spec.function.parameters or {})}
+            if parameters["type"] != "object":
+                raise APIError(400, f"tools: the parameters of {spec.function.name!r} must be a JSON schema of type "
+                               f"object, not {parameters['type']!r}", param="tools")
+            call = {"type": "object", "properties": {"name": {"const": spec.function.name}, "arguments": parameters},
+                    "required": ["name", "arguments"], "additionalProperties": False, "x-guidance": TOOL_CALL_JSON}
+            rules.append(f"call_{i}: %json {json.dumps(call)}")
+        try:
+            import llguidance
+
+            from pocketchat.engine.constrain import GrammarProcessor
+        except ImportError:  # no grammar engine: force the opening tag only
+            return force_prefix([engine.tool_open])
+        alternatives = " | ".join(f"call_{i}" for i in range(len(specs)))
+        lark = "\n".join([f"start: <[{engine.tool_open}]> ({alternatives}) <[{engine.tool_close}]>", *rules])
+        try:
+            return GrammarProcessor(tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), "tools")
+        except (UserError, ValueError) as e:
+            raise APIError(400, f"tools: {e}", param="tools") from None
 
     def logprob_entries(ids: list[int], lps: list[float], tops: list[dict[int, float]]) -> list[dict]:
         def entry(i: int, lp: float) -> dict:
