@@ -137,7 +137,7 @@ def test_page_is_served_with_its_csp_and_lists_the_models(new_page, chat_site):
 
 def test_reply_streams_in_and_renders_markdown_but_no_markup_from_the_model(new_page, chat_site):
     engine, url, _ = chat_site
-    page = open_chat(new_page, url, max_tokens=reply_tokens(engine) + 2)
+    page = open_chat(new_page, url, max_tokens=reply_tokens(engine) + 20)
     # every length the reply's text had on screen while it streamed
     page.evaluate("""() => {
         window.lengths = [];
@@ -148,7 +148,7 @@ def test_reply_streams_in_and_renders_markdown_but_no_markup_from_the_model(new_
     }""")
     send(page, "say <b>it</b>")
     shown = texts(page, ".message.assistant .content")[0]
-    assert shown == REPLY.replace("**bold**", "bold") + " la la"
+    assert shown == REPLY.replace("**bold**", "bold") + " la" * 20
     lengths = page.evaluate("window.lengths")
     assert len(set(lengths)) >= 3 and max(lengths) == len(shown), lengths  # it grew piece by piece
     # the model's HTML is text: no element, no handler, no script ran; its Markdown is rendered

@@ -1,6 +1,7 @@
 """The OpenAI-compatible server and the web chat page, over one shared `Batcher`.
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /health   GET / (chat page)
+    GET /label and /label/api/* (the labeling page, when create_app is given a comparison file; labeling.py)
 
 Request handlers run on the asyncio loop; the model runs in the batcher's thread. A request becomes a
 `Job`: its completions are submitted to the batcher, whose callback puts each `Delta` on the job's asyncio

@@ -70,14 +70,13 @@ class ComparisonFile:
         if self.path.is_dir():
             raise UserError(f"--label {self.path}: is a folder; give a .jsonl file to append comparisons to")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.count = 0
+        self.count, last = 0, b"\n"
         if self.path.exists():
             with self.path.open("rb") as f:
-                data = f.read()
-            self.count = sum(1 for line in data.splitlines() if line.strip())
-            self._needs_newline = bool(data) and not data.endswith(b"\n")  # a line cut short by a crash
-        else:
-            self._needs_newline = False
+                for line in f:
+                    self.count += bool(line.strip())
+                    last = line
+        self._needs_newline = not last.endswith(b"\n")  # the last line was cut short (a crash mid-write)
         self._lock = threading.Lock()
 
     def append(self, records: Sequence[dict]) -> None:
