@@ -13,6 +13,7 @@ from pocketchat.data.sft_mixture import _QA_PROMPTS
 from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig
 from pocketchat.rag import BM25, FlatStore, Hit, build_index, chunk_text, load_embedder, retriever
+from pocketchat.strategies.llm import Generation
 from pocketchat.strategies.rag import RAG_PROMPT, rag_answer, rag_eval, rag_prompt
 from pocketchat.tasks.facts import FactQuestion, answer_correct, facts_corpus, write_documents
 from pocketchat.tokenizer import Tokenizer
@@ -169,7 +170,7 @@ class CopyingLLM:
         question = prompt.rsplit("Question: ", 1)[-1]
         answer = self.answers.get(question, "")
         text = answer if answer and answer in prompt.rsplit("Question: ", 1)[0] else "I do not know."
-        return [SimpleNamespace(text=text)] * n
+        return [Generation(text, tokens=2, prompt_tokens=10 if i == 0 else 0, finish_reason="stop") for i in range(n)]
 
 
 class FixedRetriever:
@@ -198,8 +199,10 @@ def test_rag_answer_and_eval_report_exact_retrieval_and_accuracy():
     assert rag_answer(llm, FixedRetriever(results), "Q2?", k=1).answer == "I do not know."
     report = rag_eval(llm, FixedRetriever(results), qs, k=3)
     assert report == {"n": 3, "k": 3, "recall": pytest.approx(2 / 3), "mrr": pytest.approx((1 + 1 / 3) / 3),
-                      "accuracy_rag": pytest.approx(2 / 3), "accuracy_closed_book": 0.0}
+                      "accuracy_rag": pytest.approx(2 / 3), "accuracy_closed_book": 0.0, "tokens_rag": 12.0,
+                      "tokens_closed_book": 12.0}
     assert rag_eval(llm, FixedRetriever(results), qs, k=2)["recall"] == pytest.approx(1 / 3)
+    assert rag_eval(llm, FixedRetriever(results), qs, k=3, workers=3) == report  # concurrent calls, same report
 
 
 def test_index_cli_and_retrieval_on_the_facts_corpus(corpus, docs_file, model_dir, tmp_path):

@@ -19,7 +19,11 @@ from pocketchat.strategies import (CountdownToT, LocalLLM, OpenAILLM, StepsToT, 
                                    reflection, retrieval_tool, self_consistency, tree_of_thoughts)
 from pocketchat.strategies.llm import ChatBackend, _Raw
 from pocketchat.strategies.react import Action, parse_reply
-from pocketchat.strategies.run import STRATEGIES, Settings, evaluate, format_trace, question_problem, solve, task_problems
+from pocketchat.strategies.consistency import vote
+from pocketchat.strategies.cot import extract_number, read_number
+from pocketchat.strategies.llm import parallel_map
+from pocketchat.strategies.run import (STRATEGIES, Settings, evaluate, format_trace, question_problem, solve, solve_all,
+                                       task_problems)
 from pocketchat.strategies.tot import parse_value, parse_vote
 from pocketchat.tokenizer import Tokenizer
 
@@ -113,6 +117,21 @@ def test_self_consistency_votes_on_normalised_answers():
     tie = iter(["Answer: 8", "Answer: 9", "Answer: 9", "Answer: 8"])
     assert self_consistency(Scripted(lambda m, n, s: [next(tie) for _ in range(n)]), ask("q"), n=4).answer == "8"
     assert self_consistency(replies("no\nanswer"), ask("q"), n=2).answer is None
+    assert [s["tokens"] for s in r.trace["samples"]] == [3] * 6
+    assert vote([s["answer"] for s in r.trace["samples"]][:2]) == ("7", {"7": 1, "1234": 1})  # any prefix recounts
+
+
+def test_number_answers_are_read_the_way_a_chat_model_writes_them():
+    assert [read_number(a) for a in ("The answer is 118.", "118", "1,234", "118.", "39 + 63 = 146", "none", None)] == [
+        "118", "118", "1,234", "118.", "146", "none", None]
+    assert extract_number("The word has 2 letters.") == "2" and extract_number("steps\nAnswer: 1,234") == "1,234"
+    (p,) = task_problems("add2", "test", 1)
+    right = p.reference("direct")[-1]["content"]
+    assert p.grade(f"The answer is {right}.") and p.grade(right) and not p.grade(f"{right}1") and not p.grade(None)
+    r = solve(replies(f"The sum is {right}."), "direct", p)
+    assert r.answer == right
+    (s,) = task_problems("sort_list", "test", 1)  # not a number: read as before
+    assert s.grade(s.reference("direct")[-1]["content"]) and not s.grade("The list is " + s.reference("direct")[-1]["content"])
 
 
 # ---- reflection ------------------------------------------------------------------------------------------
@@ -360,6 +379,34 @@ def test_local_llm_samples_repeatably_and_counts_tokens(local):
     assert (gens[1].text, gens[1].tokens) == (reference.text, len(reference.token_ids))  # sample i: seed + i
     greedy = local.complete(messages, n=2, max_tokens=12)
     assert greedy[0].text == greedy[1].text
+
+
+def test_batched_local_llm_shares_one_batch_and_gives_the_same_completions(local):
+    calls = []
+    generate = local.engine.generate
+    local.engine.generate = lambda prompts, params: calls.append(len(prompts)) or generate(prompts, params)
+    try:
+        r = self_consistency(local, ask("What is 12 + 30?"), n=5, max_tokens=8, seed=2)
+        assert calls == [5]  # the k samples are one engine batch, not k calls
+    finally:
+        local.engine.generate = generate
+    questions = [ask(f"What is {a} + {b}?") for a, b in ((12, 30), (7, 5), (40, 2), (3, 3))]
+
+    def run(messages):
+        return [(g.text, g.tokens, g.prompt_tokens) for g in
+                local.complete(messages, n=3, temperature=1.0, max_tokens=10, seed=7) + local.complete(messages, max_tokens=10)]
+
+    alone = [run(m) for m in questions]
+    assert parallel_map(local, run, questions, workers=4) == alone  # seeds per call: batching changes nothing
+    with local.batched(max_batch=3):
+        assert local._batcher is not None and parallel_map(local, run, questions, workers=4) == alone  # reused
+    assert local._batcher is None
+    problems = task_problems("reach", "test", 3)
+    settings = Settings(n=2, max_tokens=8, breadth=2, n_evaluate=1)
+    for strategy in ("sc", "tot"):
+        together = solve_all(local, strategy, problems, settings, workers=3)
+        assert [(x.answer, x.usage) for x in together] == [(x.answer, x.usage) for x in solve_all(local, strategy, problems, settings)]
+    assert r.usage.calls == 1
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

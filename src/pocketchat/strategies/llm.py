@@ -9,6 +9,11 @@ locally, `tool_calls` over the API), the backend runs it, appends the assistant 
 again, up to `max_tool_calls` rounds. Any `Tool` works, not only the engine's built-in ones, so a
 retrieval tool over a document store plugs in like the calculator.
 
+Many strategies at once: `LocalLLM.batched()` puts a continuous batcher (`pocketchat.engine.batcher`) in
+front of the engine, so calls made from many threads (one per problem, see `strategies.run.evaluate`'s
+`workers`) share the engine's decode steps, the way concurrent requests share a server's. An endpoint
+batches concurrent requests itself.
+
 Compute is counted in tokens, as an API bills them: each generation carries its completion tokens and the
 prompt tokens it caused to be read (a prompt shared by n samples counts once, on the first), so summing a
 strategy's generations gives what it spent. `Metered` does that sum for a strategy.
@@ -18,13 +23,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pocketchat.chat import parse_assistant, render_prompt
-from pocketchat.engine import Engine, SamplingParams
+from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.engine.tools import Tool
 from pocketchat.errors import UserError
 
@@ -150,17 +158,62 @@ class ChatBackend:
 
 class LocalLLM(ChatBackend):
     """pocketchat's engine: the prompt is rendered with the checkpoint's chat template, all n samples run as
-    one batch. The engine stops at a </tool_call> (its own tool running is off) and the loop above runs it."""
+    one batch. The engine stops at a </tool_call> (its own tool running is off) and the loop above runs it.
+
+    Inside `with llm.batched():` calls from any number of threads join one running batch instead."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._batcher = None
+
+    @contextmanager
+    def batched(self, max_batch: int = 16) -> Iterator[LocalLLM]:
+        """Continuous batching for concurrent callers: up to `max_batch` completions decode together, the
+        rest wait for a free row. Re-entering an open context reuses its batcher."""
+        if self._batcher is not None:
+            yield self
+            return
+        from pocketchat.engine.batcher import Batcher
+
+        with Batcher(self.engine, max_batch=max_batch, max_queue=1 << 20) as batcher:
+            self._batcher = batcher
+            try:
+                yield self
+            finally:
+                self._batcher = None
+
+    def _generate(self, prompt: list[int], params: list[SamplingParams]) -> list[Completion]:
+        """len(params) completions of one prompt: one engine batch, or rows of the running batcher's batch."""
+        batcher = self._batcher
+        if batcher is None:
+            return self.engine.generate([prompt] * len(params), params)
+        out: list[Completion | None] = [None] * len(params)
+        failed: list[str] = []
+        left, done, lock = [len(params)], threading.Event(), threading.Lock()
+
+        def on_delta(delta) -> None:  # called on the batcher's thread
+            if delta.finish_reason is None:
+                return
+            if delta.completion is None or delta.finish_reason == "error":
+                failed.append(delta.error or delta.finish_reason)
+            out[delta.index] = delta.completion
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        batcher.submit(prompt, params, on_delta)
+        done.wait()
+        if failed:
+            raise RuntimeError(f"generation failed: {failed[0]}")
+        return out
 
     def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
         prompt = render_prompt(self.engine.tokenizer, messages)
         params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, stop=stop,
                                  seed=None if seed is None else seed + i) for i in range(n)]
         raws = []
-        for i, c in enumerate(self.engine.generate([prompt] * n, params)):
+        for i, c in enumerate(self._generate(prompt, params)):
             text, calls, finish = c.text, [], c.finish_reason
             if finish == "tool_calls":  # without tools offered, a </tool_call> is just where the answer stops
                 message = parse_assistant(text) if tools else {}
@@ -168,6 +221,23 @@ class LocalLLM(ChatBackend):
                 text, finish = ((message["content"] or ""), finish) if calls else (text, "stop")
             raws.append(_Raw(text, calls, len(c.token_ids), len(prompt) if i == 0 else 0, finish))
         return raws
+
+
+def concurrently(llm: LLM, workers: int, max_batch: int | None = None):
+    """A context in which `workers` threads may call `llm` at once and share its batches: a local engine
+    gets a continuous batcher (rows: max_batch, default workers); an endpoint batches by itself."""
+    batched = getattr(llm, "batched", None)
+    if workers <= 1 or batched is None:
+        return nullcontext(llm)
+    return batched(max_batch or workers)
+
+
+def parallel_map(llm: LLM, fn: Callable, items: Iterable, workers: int = 1, max_batch: int | None = None) -> list:
+    """[fn(item) for item in items], `workers` items at a time, their calls to `llm` batched together."""
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with concurrently(llm, workers, max_batch), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def _api_url(url: str) -> str:

@@ -9,20 +9,20 @@ an answer. Task instances come from the verifiable task suite (`pocketchat.tasks
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pocketchat.engine.tools import CALCULATOR
 from pocketchat.errors import UserError
 from pocketchat.strategies.consistency import self_consistency
-from pocketchat.strategies.cot import INSTRUCTIONS, answer
+from pocketchat.strategies.cot import INSTRUCTIONS, answer, extract_number, read_number
 from pocketchat.strategies.fewshot import few_shot
-from pocketchat.strategies.llm import LLM, Result, Usage
+from pocketchat.strategies.llm import LLM, Result, Usage, parallel_map
 from pocketchat.strategies.react import DEFAULT_TOOLS, Retriever, react, retrieval_tool
 from pocketchat.strategies.reflection import reflection
 from pocketchat.strategies.tot import CountdownToT, StepsToT, ToTTask, tree_of_thoughts
-from pocketchat.tasks import TASKS, Example, get_task, prompt_messages, to_messages
-from pocketchat.tasks.base import normalize_number
+from pocketchat.tasks import TASKS, Example, extract_answer, get_task, prompt_messages, to_messages
+from pocketchat.tasks.base import NUMBER, normalize_number
 from pocketchat.tasks.game24 import EXPRESSION, PUZZLES, get_puzzle
 
 STRATEGIES = ("direct", "cot", "sc", "reflect", "tool", "tot", "react")
@@ -59,6 +59,7 @@ class Problem:
     normalize: Callable[[str], str] = normalize_number
     grade: Callable[[str | None], bool] | None = None  # known answers only
     reference: Callable[[str], list[dict]] | None = field(default=None, repr=False)  # style -> a solved exchange
+    extract: Callable[[str], str | None] = extract_answer  # a completion's answer (direct, cot, sc, reflect, tool)
 
 
 def question_problem(question: str) -> Problem:
@@ -67,11 +68,15 @@ def question_problem(question: str) -> Problem:
 
 
 def _task_problem(example: Example) -> Problem:
+    """A task instance. Number answers are read leniently ("The answer is 118." gives 118, see
+    `read_number`), in grading too: ToT's and ReAct's answers are free text."""
     kind = get_task(example.task).kind
+    read = read_number if kind is NUMBER else (lambda a: a)
     return Problem(example.question, lambda style: prompt_messages(example, style), StepsToT(example.question),
                    kind.normalize,
-                   lambda a: a is not None and kind.normalize(a) == kind.normalize(example.answer),
-                   lambda style: to_messages(example, style))
+                   lambda a: a is not None and kind.normalize(read(a)) == kind.normalize(example.answer),
+                   lambda style: to_messages(example, style),
+                   extract_number if kind is NUMBER else extract_answer)
 
 
 def _puzzle_problem(example: Example) -> Problem:
@@ -121,11 +126,12 @@ def solve(llm: LLM, strategy: str, problem: Problem, settings: Settings | None =
         messages = few_shot(shots, problem.prompt(STYLE[strategy]))
         if strategy == "sc":
             return self_consistency(llm, messages, n=s.n, temperature=s.temperature, max_tokens=s.max_tokens,
-                                    seed=s.seed, normalize=problem.normalize)
+                                    seed=s.seed, extract=problem.extract, normalize=problem.normalize)
         if strategy == "reflect":
-            return reflection(llm, messages, rounds=s.rounds, max_tokens=s.max_tokens, seed=s.seed)
+            return reflection(llm, messages, rounds=s.rounds, max_tokens=s.max_tokens, seed=s.seed,
+                              extract=problem.extract)
         tools = [CALCULATOR] if strategy == "tool" else None
-        return answer(llm, messages, max_tokens=s.max_tokens, tools=tools, seed=s.seed)
+        return answer(llm, messages, max_tokens=s.max_tokens, tools=tools, seed=s.seed, extract=problem.extract)
     if strategy == "tot":
         return tree_of_thoughts(llm, problem.tot, breadth=s.breadth, depth=s.depth, generator=s.generator,
                                 n_generate=s.n_generate, evaluator=s.evaluator, n_evaluate=s.n_evaluate,
@@ -137,23 +143,36 @@ def solve(llm: LLM, strategy: str, problem: Problem, settings: Settings | None =
                  seed=s.seed)
 
 
-def evaluate(llm: LLM, strategy: str, task: str, n: int, settings: Settings | None = None, seed: int = 0) -> dict:
+def solve_all(llm: LLM, strategy: str, problems: Sequence[Problem], settings: Settings | None = None,
+              shots: list[list[dict]] = (), workers: int = 1, max_batch: int | None = None) -> list[Result]:
+    """`solve` on every problem, `workers` problems at a time (their model calls batched together);
+    results in problem order. Each problem's calls carry its own seeds, so the answers don't depend on
+    `workers` (up to the float rounding of a different batch)."""
+    return parallel_map(llm, lambda p: solve(llm, strategy, p, settings, shots), problems, workers, max_batch)
+
+
+def evaluate(llm: LLM, strategy: str, task: str, n: int, settings: Settings | None = None, seed: int = 0,
+             workers: int = 1) -> dict:
     """Accuracy and mean tokens per instance of one strategy on n held-out instances of a task."""
     settings = settings or Settings()
     if n < 1:
         raise UserError(f"evaluate: n must be >= 1, got {n}")
     problems = task_problems(task, "test", n, seed)
     shots = demonstrations(task, STYLE[strategy], settings.shots, seed) if strategy in STYLE else []
-    right, usage = 0, Usage()
-    for p in problems:
-        result = solve(llm, strategy, p, settings, shots)
-        right += p.grade(result.answer)
-        usage.prompt_tokens += result.usage.prompt_tokens
-        usage.completion_tokens += result.usage.completion_tokens
-        usage.calls += result.usage.calls
-    return {"task": task, "strategy": strategy, "n": len(problems), "accuracy": right / len(problems),
-            "tokens": usage.total / len(problems), "completion_tokens": usage.completion_tokens / len(problems),
-            "calls": usage.calls / len(problems)}
+    results = solve_all(llm, strategy, problems, settings, shots, workers)
+    return summarize(task, strategy, problems, results)
+
+
+def summarize(task: str, strategy: str, problems: Sequence[Problem], results: Sequence[Result]) -> dict:
+    """evaluate's record: accuracy, and tokens (prompt + generated), generated tokens and calls per instance."""
+    usage = Usage()
+    for r in results:
+        usage.prompt_tokens += r.usage.prompt_tokens
+        usage.completion_tokens += r.usage.completion_tokens
+        usage.calls += r.usage.calls
+    n = len(problems)
+    return {"task": task, "strategy": strategy, "n": n, "accuracy": sum(p.grade(r.answer) for p, r in zip(problems, results)) / n,
+            "tokens": usage.total / n, "completion_tokens": usage.completion_tokens / n, "calls": usage.calls / n}
 
 
 # -- a compact trace for the terminal ------------------------------------------------------------------------
