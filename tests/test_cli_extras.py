@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pocketchat.chat import render_prompt
 from pocketchat.cli import main
 from pocketchat.model import CausalLM, ModelConfig
 from pocketchat.tasks.facts import facts_corpus, write_documents
@@ -74,3 +75,23 @@ def test_sample_with_a_json_schema_gives_valid_json(setup, capsys):
     assert main(["sample", "--model", str(model), "--regex", "a+", "--choices", "x|y"]) == 2
     assert main(["sample", "--model", str(model), "--json-schema", "nope.json"]) == 2
     assert "--json-schema: nope.json is neither" in capsys.readouterr().err
+
+
+def test_serve_rag_puts_retrieved_passages_into_chat_requests(setup):
+    import argparse
+
+    from pocketchat.cli import rag_augmenter
+    from pocketchat.engine import Engine
+    from pocketchat.lora import load_model
+    from pocketchat.serve.app import create_app
+    from test_serve import client, running
+
+    model, index, q = setup
+    augment = rag_augmenter(argparse.Namespace(rag=str(index), retrieval="bm25", k=2))
+    engine = Engine(load_model(model).eval(), Tokenizer.load(model))
+    with running(create_app(engine, "m", augment=augment)) as url:
+        r = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": q.question}], max_tokens=2,
+                                                temperature=0)
+    # the model saw the grounded-QA prompt over the retrieved passages, which hold the answer
+    grounded = render_prompt(engine.tokenizer, [{"role": "user", "content": augment(q.question)}])
+    assert q.answer in engine.tokenizer.decode(grounded) and r.usage.prompt_tokens == len(grounded)

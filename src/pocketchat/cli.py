@@ -172,24 +172,32 @@ def cmd_chat(args, overrides) -> None:
     from pocketchat.chat_cli import chat_loop
 
     no_overrides(overrides)
-    augment = None
-    if args.rag:
-        from pocketchat.strategies.rag import rag_prompt
-
-        search = open_retriever(args.rag, args.retrieval)
-
-        def augment(text: str) -> str:
-            hits = search.search(text, args.k)
-            print("(retrieved: " + "; ".join(repr(h.text[:40] + "...") for h in hits) + ")")
-            return rag_prompt(text, [h.text for h in hits])
     chat_loop(load_engine(args.model, args.device), system=args.system, temperature=args.temperature,
-              max_tokens=args.max_tokens, tools=not args.no_tools, augment=augment)
+              max_tokens=args.max_tokens, tools=not args.no_tools, augment=rag_augmenter(args, show=True))
 
 
 def open_retriever(index: str, mode: str):
     from pocketchat.rag import FlatStore, retriever
 
     return retriever(FlatStore.load(index), mode)
+
+
+def rag_augmenter(args, show: bool = False):
+    """With --rag: a function that turns a user message into the grounded-QA prompt over the k passages
+    retrieved for it (the format the SFT mixture teaches); None without --rag."""
+    if not args.rag:
+        return None
+    from pocketchat.strategies.rag import rag_prompt
+
+    search = open_retriever(args.rag, args.retrieval)
+
+    def augment(text: str) -> str:
+        hits = search.search(text, args.k)
+        if show:
+            print("(retrieved: " + "; ".join(repr(h.text[:40] + "...") for h in hits) + ")")
+        return rag_prompt(text, [h.text for h in hits])
+
+    return augment
 
 
 def cmd_import(args, overrides) -> None:
@@ -282,7 +290,7 @@ def cmd_serve(args, overrides) -> None:
     name = Path(args.model).resolve().name
     tasks = [t for t in args.label_tasks.split(",") if t] if args.label_tasks else None
     app = create_app(engine, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.queue,
-                     label=args.label, label_tasks=tasks)
+                     label=args.label, label_tasks=tasks, augment=rag_augmenter(args))
     print(f"serving {name}: chat page http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1")
     if args.label:
         print(f"labeling page http://{args.host}:{args.port}/label : ranked pairs are appended to {args.label}")
@@ -508,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "comparison JSONL as `pocketchat compare` writes it (for pocketchat rm / dpo)")
     s.add_argument("--label-tasks", metavar="TASKS", help="comma-separated tasks the labeling page draws prompts from "
                    "(default: add2,add,mul,word,count_letters,sort_list,units)")
+    add_rag_arguments(s, "put the passages it finds for the last user message of each chat request into it")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_serve)
 

@@ -30,7 +30,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -178,8 +178,12 @@ class Job:
 
 
 def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_batch: int = 16,
-               max_queue: int = 64, label: str | Path | None = None, label_tasks: Sequence[str] | None = None) -> FastAPI:
+               max_queue: int = 64, label: str | Path | None = None, label_tasks: Sequence[str] | None = None,
+               augment: Callable[[str], str] | None = None) -> FastAPI:
     """The server for one model. `app.state.batcher` runs from startup to shutdown (the app's lifespan).
+
+    augment: applied to the last user message of every chat request before rendering (`serve --rag INDEX`
+    puts retrieved passages there).
 
     label: a comparison JSONL file; with it the app also serves the labeling page at /label (see
     serve/labeling.py), drawing task prompts from `label_tasks` (default: those `pocketchat compare` uses)."""
@@ -280,6 +284,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
         for m in messages:
             if m["role"] == "developer":
                 m["role"] = "system"
+        last_user = next((m for m in reversed(messages) if m["role"] == "user"), None)
+        if augment and last_user and isinstance(last_user.get("content"), str):
+            last_user["content"] = augment(last_user["content"])
         try:
             if tools and tokenizer.chat_template not in (None, CHAT_TEMPLATE):
                 specs = [t.model_dump(exclude_none=True) for t in body.tools]
