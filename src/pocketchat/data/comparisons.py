@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,8 +141,8 @@ def parse_comparison(record) -> Comparison:
     if chosen == rejected:
         raise UserError("chosen and rejected are identical")
     margin = record.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-        raise UserError(f"margin must be a number, not {margin!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin)):
+        raise UserError(f"margin must be a finite number, not {margin!r}")  # json reads NaN and Infinity
     return Comparison(prompt, chosen, rejected, None if margin is None else float(margin),
                       _flag(record, "chosen_ended"), _flag(record, "rejected_ended"))
 
