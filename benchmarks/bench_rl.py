@@ -19,6 +19,8 @@ Per side, over the measured episodes (the first episode of each round is a warm-
   update tokens/s    epochs x (prompt + completion tokens - 1 per sample) / the rest of the episode
                      (reference, value and reward forwards, advantages and the PPO epochs)
   s per episode      wall time of one whole episode
+  update GFLOP/s     the update's estimated arithmetic (see `update_gflops`) per second: how close it runs to
+                     the machine's matmul peak, which bounds any speedup there
 pocketchat's figures are the ones RLTrainer logs (`rollout_tokens_per_s`, `update_tokens_per_s`,
 `episode_s`); TRL's are measured by timing its generation call and its step-end callback, with the same
 token counts. The sides take turns (--rounds), so a busy machine slows them alike; medians are reported.
@@ -108,7 +110,10 @@ def build(root: Path, args) -> dict:
     per_round = args.batch * (args.episodes + 1)
     rounds = [prompts[r * per_round:(r + 1) * per_round] for r in range(args.rounds)]
     params = sum(p.numel() for p in policy.parameters())
+    c = policy.config
+    body = params - c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)  # the matmuls of the decoder
     return dict(policy=str(policy_dir), rm=str(rm_dir), rounds=rounds, pad_id=tok.pad_id, params=params,
+                policy_mm=body + c.vocab_size * c.hidden_size, critic_mm=body + c.hidden_size,
                 prompt_len=statistics.mean(len(p) for p in prompts[:needed]))
 
 
@@ -238,10 +243,22 @@ def trl_worker(spec_file: str) -> None:
 
 # ---- the table ------------------------------------------------------------------------------------------------
 
-def summary(name: str, episodes: list[dict]) -> dict:
-    med = lambda k: statistics.median(e[k] for e in episodes)
-    return dict(name=name, n=len(episodes), episode_s=med("episode_s"), rollout_tps=med("rollout_tps"),
-                update_tps=med("update_tps"), length=statistics.mean(e["length"] for e in episodes))
+def update_gflops(e: dict, setup: dict, args) -> float:
+    """Estimated arithmetic of an episode's update part per second: forwards of the policy (old and reference
+    log-probs) and of the critic and reward model (2 FLOPs per weight per token each), then per epoch the
+    policy and the critic forward and backward (6 per weight per token). Attention scores are left out."""
+    update_s = e["episode_s"] - e["length"] * args.batch / e["rollout_tps"]
+    tokens = e["update_tps"] * update_s / args.epochs  # prompt + completion tokens of the episode
+    p, c = setup["policy_mm"], setup["critic_mm"]
+    return tokens * (2 * (2 * p + 2 * c) + args.epochs * 6 * (p + c)) / update_s / 1e9
+
+
+def summary(name: str, episodes: list[dict], setup: dict, args) -> dict:
+    med = lambda xs: statistics.median(xs)
+    return dict(name=name, n=len(episodes), episode_s=med(e["episode_s"] for e in episodes),
+                rollout_tps=med(e["rollout_tps"] for e in episodes), update_tps=med(e["update_tps"] for e in episodes),
+                gflops=med(update_gflops(e, setup, args) for e in episodes),
+                length=statistics.mean(e["length"] for e in episodes))
 
 
 def main() -> None:
@@ -285,22 +302,23 @@ def main() -> None:
                 print(f"  round {r + 1}: TRL {statistics.median(e['episode_s'] for e in theirs[-args.episodes:]):.3f} "
                       f"s/episode", flush=True)
 
-    rows = [summary("pocketchat RLTrainer", ours)]
+    rows = [summary("pocketchat RLTrainer", ours, setup, args)]
     if theirs:
-        rows.append(summary(f"TRL {TRL_VERSION} PPOTrainer", theirs))
+        rows.append(summary(f"TRL {TRL_VERSION} PPOTrainer", theirs, setup, args))
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     what = Path(args.model).name if args.model else "tiny preset shape, random weights"
     print(f"\nPPO, {what} ({setup['params'] / 1e6:.1f} M params), batch {args.batch}, prompts <= {args.max_prompt_len} "
           f"tokens (mean {setup['prompt_len']:.1f}), {args.response_len}-token responses, {args.epochs} PPO epochs, "
           f"micro-batch {args.micro_batch}, {args.dtype}, {torch.get_num_threads()} torch threads, {args.rounds} rounds x "
           f"{args.episodes} measured episodes per side, medians; load average at the end: {load_avg}\n")
-    print("| trainer | episodes | rollout tok/s | update tok/s | s per episode | mean response tokens |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| trainer | episodes | rollout tok/s | update tok/s | update GFLOP/s (est.) | s per episode | "
+          "mean response tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['name']} | {r['n']} | {r['rollout_tps']:.0f} | {r['update_tps']:.0f} | {r['episode_s']:.3f} | "
-              f"{r['length']:.1f} |")
+        print(f"| {r['name']} | {r['n']} | {r['rollout_tps']:.0f} | {r['update_tps']:.0f} | {r['gflops']:.0f} | "
+              f"{r['episode_s']:.3f} | {r['length']:.1f} |")
     if trl_missing:
-        print(f"| TRL {TRL_VERSION} PPOTrainer | {trl_missing} | | | | |")
+        print(f"| TRL {TRL_VERSION} PPOTrainer | {trl_missing} | | | | | |")
     else:
         a, b = rows
         print(f"\npocketchat vs TRL: {b['episode_s'] / a['episode_s']:.2f}x faster per episode, rollout "

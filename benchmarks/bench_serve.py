@@ -281,8 +281,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = Path(args.model) if args.model else tiny_folder(tmp)
-        for max_batch in batches:
-            for n in clients:
+        for n in clients:  # the configurations compared run back to back, so a busy machine slows them alike
+            for max_batch in batches:
                 r = run_config(model, max_batch, n, args, tmp)
                 rows.append(r)
                 print(f"  max_batch {max_batch:>2}, {n:>2} clients: {r['tps']:.0f} tokens/s, {r['rps']:.2f} req/s, "
@@ -295,7 +295,7 @@ def main() -> None:
     print("| max_batch | clients | requests | req/s | gen tok/s | tok/req | TTFT p50 ms | TTFT p95 ms | ITL p50 ms "
           "| ITL p95 ms | errors | peak batch | peak RSS MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (-r["max_batch"], r["clients"])):
         print(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['rps']:.2f} | {r['tps']:.0f} | "
               f"{r['tokens_per_request']:.1f} | {r['ttft50']:.0f} | {r['ttft95']:.0f} | {r['itl50']:.1f} | "
               f"{r['itl95']:.1f} | {r['errors']} | {r['peak_batch']} | {r['rss_mib']:.0f} |")
