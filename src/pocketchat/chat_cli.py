@@ -44,9 +44,10 @@ def read_message(prompt: str = "you> ") -> str | None:
 
 
 def chat_loop(engine: Engine, system: str = "", temperature: float = 0.7, max_tokens: int = 512, tools: bool = True,
-              out=sys.stdout, augment: Callable[[str], str] | None = None) -> None:
+              out=None, augment: Callable[[str], str] | None = None) -> None:
     """augment(message) -> what the model is sent instead (e.g. the message with retrieved passages); the
     history keeps what was sent, so every later prompt renders the tokens the model saw."""
+    out = out or sys.stdout  # looked up per call, not at import: the stream may have been replaced since
     messages: list[dict] = []
     print(HELP, file=out)
     while True:

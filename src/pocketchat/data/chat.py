@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 # -- loading ------------------------------------------------------------------------------------------------
 
 MAX_ERRORS_KEPT = 10
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,13 +78,14 @@ def parse_record(record) -> list[dict]:
     return messages
 
 
-def load_chat_jsonl(path, skip_bad: bool = False) -> LoadResult:
-    """Read a chat JSONL file (blank lines allowed). Every bad record raises `file:line: reason`, unless
-    skip_bad, which skips it and counts it instead."""
+def read_jsonl(path, parse: Callable[[object], T], skip_bad: bool, what: str) -> tuple[list[T], int, list[str]]:
+    """parse() every record of a JSONL file (blank lines allowed): (items, records skipped, the first
+    MAX_ERRORS_KEPT `file:line: reason`s). A bad record raises `file:line: reason` unless skip_bad, which skips
+    and counts it; a file with no usable record raises too. `what` names the items in that message."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    result = LoadResult([])
+    items, skipped, errors = [], 0, []
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -96,18 +99,23 @@ def load_chat_jsonl(path, skip_bad: bool = False) -> LoadResult:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"invalid JSON: {e.msg} (column {e.colno})") from e
-                result.conversations.append(parse_record(record))
+                items.append(parse(record))
             except UserError as e:
                 message = f"{path}:{lineno}: {e}"
                 if not skip_bad:
                     raise UserError(message) from e
-                result.skipped += 1
-                if len(result.errors) < MAX_ERRORS_KEPT:
-                    result.errors.append(message)
-    if not result.conversations:
-        raise UserError(f"{path}: no usable conversations" + (f" ({result.skipped} bad records skipped)"
-                                                             if result.skipped else ""))
-    return result
+                skipped += 1
+                if len(errors) < MAX_ERRORS_KEPT:
+                    errors.append(message)
+    if not items:
+        raise UserError(f"{path}: no usable {what}" + (f" ({skipped} bad records skipped)" if skipped else ""))
+    return items, skipped, errors
+
+
+def load_chat_jsonl(path, skip_bad: bool = False) -> LoadResult:
+    """Read a chat JSONL file (blank lines allowed). Every bad record raises `file:line: reason`, unless
+    skip_bad, which skips it and counts it instead."""
+    return LoadResult(*read_jsonl(path, parse_record, skip_bad, "conversations"))
 
 
 # -- packing ------------------------------------------------------------------------------------------------

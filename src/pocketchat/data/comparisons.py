@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pocketchat.chat import render, validate
-from pocketchat.data.chat import MAX_ERRORS_KEPT
+from pocketchat.data.chat import read_jsonl
 from pocketchat.errors import UserError
 from pocketchat.tokenizer import Tokenizer
 
@@ -149,34 +149,7 @@ def parse_comparison(record) -> Comparison:
 
 def load_comparisons(path, skip_bad: bool = False) -> ComparisonSet:
     """Read a comparison JSONL file (blank lines allowed); see the module docstring for the shapes."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    result = ComparisonSet([])
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise UserError(f"not valid UTF-8 (byte {e.start})") from e
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"invalid JSON: {e.msg} (column {e.colno})") from e
-                result.comparisons.append(parse_comparison(record))
-            except UserError as e:
-                message = f"{path}:{lineno}: {e}"
-                if not skip_bad:
-                    raise UserError(message) from e
-                result.skipped += 1
-                if len(result.errors) < MAX_ERRORS_KEPT:
-                    result.errors.append(message)
-    if not result.comparisons:
-        raise UserError(f"{path}: no usable comparisons" + (f" ({result.skipped} bad records skipped)" if result.skipped else ""))
-    return result
+    return ComparisonSet(*read_jsonl(path, parse_comparison, skip_bad, "comparisons"))
 
 
 def load_many(paths: str, skip_bad: bool = False) -> list[Comparison]:
