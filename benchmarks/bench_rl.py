@@ -24,6 +24,8 @@ Per side, over the measured episodes (the first episode of each round is a warm-
 pocketchat's figures are the ones RLTrainer logs (`rollout_tokens_per_s`, `update_tokens_per_s`,
 `episode_s`); TRL's are measured by timing its generation call and its step-end callback, with the same
 token counts. The sides take turns (--rounds), so a busy machine slows them alike; medians are reported.
+Note that TRL's own "episode" (its `eps` metric, `total_episodes`) is one sample, not one batch: a TRL
+figure of x s per episode is 16x s per episode here.
 
 TRL runs in a subprocess under --trl-python (default: this Python), which needs `pip install trl==1.10.0`;
 install it in a separate virtualenv if it would change this one's transformers, e.g.
@@ -223,8 +225,9 @@ def trl_worker(spec_file: str) -> None:
         m.config.pad_token_id = pad
     data = Dataset.from_dict({"input_ids": spec["prompts"]})
     B, micro = spec["batch"], spec["micro_batch"]
-    config = PPOConfig(output_dir=spec["out"], per_device_train_batch_size=micro, gradient_accumulation_steps=B // micro,
-                       num_mini_batches=1, num_ppo_epochs=spec["epochs"], response_length=spec["response_len"],
+    config = PPOConfig(output_dir=spec["out"], per_device_train_batch_size=micro,
+                       gradient_accumulation_steps=B // micro, num_mini_batches=1, num_ppo_epochs=spec["epochs"],
+                       response_length=spec["response_len"],
                        total_episodes=B * spec["episodes"], local_rollout_forward_batch_size=B,
                        learning_rate=spec["lr"], kl_coef=0.05, temperature=1.0, gradient_checkpointing=False,
                        bf16=spec["dtype"] == "bfloat16", use_cpu=True, report_to="none", num_sample_generations=0,
@@ -236,8 +239,8 @@ def trl_worker(spec_file: str) -> None:
     episodes = []
     for (start, end), (gen_s, new, prompt_tokens) in zip(zip(timer.times, timer.times[1:]), generations):
         processed = spec["epochs"] * (prompt_tokens + new - B)
-        episodes.append(dict(episode_s=end - start, rollout_tps=new / gen_s, update_tps=processed / (end - start - gen_s),
-                             length=new / B))
+        episodes.append(dict(episode_s=end - start, rollout_tps=new / gen_s,
+                             update_tps=processed / (end - start - gen_s), length=new / B))
     Path(spec["result"]).write_text(json.dumps(episodes))
 
 
@@ -307,10 +310,11 @@ def main() -> None:
         rows.append(summary(f"TRL {TRL_VERSION} PPOTrainer", theirs, setup, args))
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     what = Path(args.model).name if args.model else "tiny preset shape, random weights"
-    print(f"\nPPO, {what} ({setup['params'] / 1e6:.1f} M params), batch {args.batch}, prompts <= {args.max_prompt_len} "
-          f"tokens (mean {setup['prompt_len']:.1f}), {args.response_len}-token responses, {args.epochs} PPO epochs, "
-          f"micro-batch {args.micro_batch}, {args.dtype}, {torch.get_num_threads()} torch threads, {args.rounds} rounds x "
-          f"{args.episodes} measured episodes per side, medians; load average at the end: {load_avg}\n")
+    print(f"\nPPO, {what} ({setup['params'] / 1e6:.1f} M params), batch {args.batch}, prompts <= "
+          f"{args.max_prompt_len} tokens (mean {setup['prompt_len']:.1f}), {args.response_len}-token responses, "
+          f"{args.epochs} PPO epochs, micro-batch {args.micro_batch}, {args.dtype}, {torch.get_num_threads()} torch "
+          f"threads, {args.rounds} rounds x {args.episodes} measured episodes per side, medians; load average at the "
+          f"end: {load_avg}\n")
     print("| trainer | episodes | rollout tok/s | update tok/s | update GFLOP/s (est.) | s per episode | "
           "mean response tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -291,7 +291,8 @@ def main() -> None:
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"\n{model.name if args.model else 'tiny preset shape, random weights'}; streamed chat completions, "
           f"max_tokens {args.max_tokens}, temperature 0.7, {args.seconds:g} s per configuration (in-flight requests "
-          f"drained), server with {args.threads} torch thread(s), clients on the same {os.cpu_count()}-CPU machine; load average at the end: {load_avg}\n")
+          f"drained), server with {args.threads} torch thread(s), clients on the same {os.cpu_count()}-CPU machine; "
+          f"load average at the end: {load_avg}\n")
     print("| max_batch | clients | requests | req/s | gen tok/s | tok/req | TTFT p50 ms | TTFT p95 ms | ITL p50 ms "
           "| ITL p95 ms | errors | peak batch | peak RSS MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
