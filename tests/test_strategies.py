@@ -19,7 +19,7 @@ from pocketchat.strategies import (CountdownToT, LocalLLM, OpenAILLM, StepsToT, 
                                    reflection, retrieval_tool, self_consistency, tree_of_thoughts)
 from pocketchat.strategies.llm import ChatBackend, _Raw
 from pocketchat.strategies.react import Action, parse_reply
-from pocketchat.strategies.consistency import vote
+from pocketchat.strategies.consistency import tally, vote
 from pocketchat.strategies.cot import extract_number, read_number
 from pocketchat.strategies.llm import parallel_map
 from pocketchat.strategies.run import (STRATEGIES, Settings, evaluate, format_trace, question_problem, solve, solve_all,
@@ -37,7 +37,7 @@ class Scripted(ChatBackend):
         self.reply, self.log = reply, []
 
     def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
-        self.log.append({"messages": messages, "n": n, "temperature": temperature, "stop": stop, "seed": seed,
+        self.log.append({"messages": list(messages), "n": n, "temperature": temperature, "stop": stop, "seed": seed,
                          "tools": tools})
         out = []
         for i, r in enumerate(self.reply(messages, n, seed)):
@@ -118,7 +118,23 @@ def test_self_consistency_votes_on_normalised_answers():
     assert self_consistency(Scripted(lambda m, n, s: [next(tie) for _ in range(n)]), ask("q"), n=4).answer == "8"
     assert self_consistency(replies("no\nanswer"), ask("q"), n=2).answer is None
     assert [s["tokens"] for s in r.trace["samples"]] == [3] * 6
-    assert vote([s["answer"] for s in r.trace["samples"]][:2]) == ("7", {"7": 1, "1234": 1})  # any prefix recounts
+    assert vote([s["answer"] for s in r.trace["samples"]][:2]) == ("7", {"7": 1, "1234": 1})
+    assert tally(r.trace["samples"][:2]) == ("7", {"7": 1, "1234": 1})  # any prefix recounts
+
+
+def test_self_consistency_ignores_chains_cut_off_before_their_answer():
+    class Truncating(ChatBackend):  # replies ending in "..." ran out of tokens
+        def __init__(self, texts):
+            self.texts = texts
+
+        def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
+            return [_Raw(t, [], 3, 0, "length" if t.endswith("...") else "stop") for t in self.texts[:n]]
+
+    r = self_consistency(Truncating(["so 12 + 5 = 17 ...", "Answer: 42", "then 17 ...", "so 17 ..."]), ask("q"), n=4)
+    assert r.answer == "42" and r.trace["votes"] == {"42": 1}
+    assert [s["finished"] for s in r.trace["samples"]] == [False, True, False, False]
+    assert self_consistency(Truncating(["so 17 ...", "then 9 ...", "17 ..."]), ask("q"), n=3,
+                            extract=extract_number).answer == "17"  # all cut off: they vote after all
 
 
 def test_number_answers_are_read_the_way_a_chat_model_writes_them():
@@ -202,6 +218,22 @@ def test_tot_bfs_expands_prunes_caches_and_answers():
     # calls: propose at the root, 3 ratings, propose for the 2 kept states (the one for 5 7 has no valid step)
     assert r.usage.calls == 1 + 3 + 2 and r.trace["evaluations"] == 3
     assert all(c["n"] == 2 for c in llm.log if last_user(c["messages"]).startswith("Can"))
+
+
+def test_countdown_prompts_start_with_a_worked_exchange_on_another_puzzle():
+    task = CountdownToT([3, 8, 12], 7, "+-")
+    demo_user, demo_reply, question = task.generate_prompt(task.root(), True)
+    assert demo_user["content"].startswith("Numbers: 2 8 14. Target: 7.") and demo_reply["role"] == "assistant"
+    assert question == {"role": "user", "content": demo_user["content"].replace("2 8 14", "3 8 12")}
+    demo = CountdownToT([2, 8, 14], 7, "+-")
+    moves = task.steps(demo_reply["content"])
+    assert len(moves) == 6 and all(demo.extend(demo.root(), m).steps[-1] == m for m in moves)  # every move, shown exactly
+    assert len(task.steps(task.generate_prompt(task.root(), False)[1]["content"])) == 1
+    value = task.value_prompt(task.root())
+    assert [m["content"].splitlines()[-1] for m in value[1:4:2]] == ["sure", "impossible"]
+    assert value[1]["content"].splitlines()[0] == "4 + 6 = 10" and value[-1]["content"].startswith("Can the numbers 3 8 12 make 7?")
+    game24 = CountdownToT([1, 2, 3, 4], 24, "+-*/")
+    assert len(game24.steps(game24.generate_prompt(game24.root(), True)[1]["content"])) == 8  # "up to 8"
 
 
 def test_tot_caches_ratings_by_the_numbers_left_and_drops_repeated_steps():
@@ -297,7 +329,7 @@ def test_react_runs_tools_feeds_observations_and_answers():
         def search(self, query, k):
             return [("Brenth's capital is  Ulo.", 0.9), ("Ulo has a river.", 0.5)][:k]
 
-    r = react(llm, "What is 37*12?", tools=[CALCULATOR, PYTHON, retrieval_tool(Store(), k=2)])
+    r = react(llm, "What is 37*12?", tools=[CALCULATOR, PYTHON, retrieval_tool(Store(), k=2)], demos=False)
     assert r.answer == "444" and r.trace["stopped"] == "answer"
     assert [s["observation"] for s in r.trace["steps"]] == [
         "444", "445", "[1] Brenth's capital is Ulo.\n[2] Ulo has a river.",
@@ -316,10 +348,30 @@ def test_react_step_limit_and_planner():
     r = react(llm, "What is 2+3?", max_steps=2, plan=True)
     assert r.answer is None and r.trace["stopped"] == "step limit" and r.usage.calls == 3
     assert r.trace["plan"] == ["Find the numbers.", "Add them."]
-    assert "Plan:\n1. Find the numbers.\n2. Add them.\n" in llm.log[1]["messages"][0]["content"]
+    assert llm.log[1]["messages"][-1]["content"] == "Plan:\n1. Find the numbers.\n2. Add them.\n\nQuestion: What is 2+3?"
     assert r.trace["steps"][0]["observation"].startswith("Error: write an Action line")
     with pytest.raises(UserError, match="one required argument"):
         react(llm, "q", tools=[CALCULATOR.__class__("t", "d", {"type": "object", "properties": {}}, lambda: "")])
+
+
+def test_react_starts_with_solved_exchanges_for_the_tools_it_has():
+    llm = replies("Action: calculator[88+30]", "Answer: 118")
+    r = react(llm, "Add 88 and 30.")
+    assert r.answer == "118" and r.trace["steps"][0]["observation"] == "118"
+    first = llm.log[0]["messages"]
+    assert first[0]["content"].startswith("Answer the question.") and first[0]["content"].endswith("Question: How much is 45 plus 27?")
+    assert "- python[code]:" in first[0]["content"]  # every tool is listed, demonstrated or not
+    assert first[1] == {"role": "assistant", "content": "Thought: I need 45 plus 27.\nAction: calculator[45+27]"}
+    assert first[-1] == {"role": "user", "content": "Question: Add 88 and 30."}
+    assert sum(m["role"] == "assistant" for m in first) == 2 + 3  # two solved questions: 1 and 2 calls, 2 answers
+    for m in first:  # a demonstration's observations are what the calculator really says
+        if m["role"] == "assistant" and "Action:" in m["content"]:
+            action = parse_reply(m["content"])
+            assert first[first.index(m) + 1]["content"] == f"Observation: {CALCULATOR.run({'expression': action.input})}"
+    assert llm.log[1]["messages"][:len(first)] == first
+    no_calculator = replies("Answer: 5")
+    react(no_calculator, "q", tools=[PYTHON])
+    assert len(no_calculator.log[0]["messages"]) == 1  # no demonstration for python: the one-turn prompt
 
 
 # ---- running strategies on problems ---------------------------------------------------------------------------

@@ -14,6 +14,10 @@ works through any chat endpoint; generation stops at "Observation:" so the model
 Tools are `pocketchat.engine.tools.Tool`s with one required argument, which receives the text between
 the brackets: the calculator, the sandboxed Python tool, and `retrieval_tool` over any document store.
 An optional planner first has the model write a short task list that then sits in the agent's prompt.
+
+The paper's prompts are few-shot, and a small model needs that: told the format alone, SmolLM2-135M writes
+"88 + 30 = 128" and never an Action line; shown two solved exchanges (`DEMOS`, as earlier chat turns) it
+calls calculator[88+30]. Demonstrations are given for the tools offered that have one (the calculator).
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ Thought: I know the answer.
 Answer: the answer
 {plan}
 Question: {question}"""
+
+# Solved exchanges per tool: (question, [(thought, action input, observation)], answer). A test checks that
+# every observation is what the tool really answers.
+DEMOS = {"calculator": [
+    ("How much is 45 plus 27?", [("I need 45 plus 27.", "45+27", "72")], "72"),
+    ("What is 23 times 4, plus 5?", [("I need 23 times 4 first.", "23*4", "92"), ("Now I add 5 to 92.", "92+5", "97")], "97"),
+]}
 
 PLAN_PROMPT = ("Break this task into a short numbered list of at most 5 steps. Do not solve it yet.\n\n"
                "Task: {question}")
@@ -102,9 +113,25 @@ def _observe(action: Action, tools: dict[str, Tool]) -> str:
     return output if len(output) <= MAX_OBSERVATION_CHARS else output[:MAX_OBSERVATION_CHARS] + " ..."
 
 
+def demonstrations(tools: Sequence[Tool]) -> list[tuple[str, list[dict]]]:
+    """The solved exchanges for the tools offered: (question, the turns that answer it)."""
+    out = []
+    for tool in tools:
+        for question, steps, answer in DEMOS.get(tool.name, []):
+            turns = []
+            for thought, given, observation in steps:
+                turns += [{"role": "assistant", "content": f"Thought: {thought}\nAction: {tool.name}[{given}]"},
+                          {"role": "user", "content": f"Observation: {observation}"}]
+            out.append((question, [*turns, {"role": "assistant", "content": f"Thought: I know the answer.\nAnswer: {answer}"}]))
+    return out
+
+
 def react(llm: LLM, question: str, *, tools: Sequence[Tool] = DEFAULT_TOOLS, max_steps: int = 6, plan: bool = False,
-          max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None) -> Result:
+          max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None, demos: bool = True) -> Result:
     """Run the Thought / Action / Observation loop for at most `max_steps` model replies.
+
+    demos: start with the solved exchanges of the tools that have them (`DEMOS`); the question then comes
+    as its own user turn, "Question: ...", after them.
 
     Trace: plan (the task list, or None), steps [{text, tool, input, observation}] and stopped ("answer" or
     "step limit"). The answer is None when the step limit came first."""
@@ -121,7 +148,14 @@ def react(llm: LLM, question: str, *, tools: Sequence[Tool] = DEFAULT_TOOLS, max
         tasks = [t.strip() for t in _NUMBERED.findall(g.text)][:5]
     listing = "\n".join(f"- {t.name}[{t.parameters['required'][0]}]: {t.description}" for t in tools)
     planned = "\nPlan:\n" + "\n".join(f"{i}. {t}" for i, t in enumerate(tasks, 1)) + "\n" if tasks else ""
-    convo = [{"role": "user", "content": REACT_PROMPT.format(tools=listing, plan=planned, question=question)}]
+    shown = demonstrations(tools) if demos else []
+    if shown:
+        convo = [{"role": "user", "content": REACT_PROMPT.format(tools=listing, plan="", question=shown[0][0])}, *shown[0][1]]
+        for q, turns in shown[1:]:
+            convo += [{"role": "user", "content": f"Question: {q}"}, *turns]
+        convo.append({"role": "user", "content": f"{planned.strip()}\n\nQuestion: {question}".lstrip()})
+    else:
+        convo = [{"role": "user", "content": REACT_PROMPT.format(tools=listing, plan=planned, question=question)}]
     steps: list[dict] = []
     for k in range(max_steps):
         (g,) = llm.complete(convo, max_tokens=max_tokens, temperature=temperature, stop=["Observation:"],

@@ -96,16 +96,24 @@ class CountdownState:
 class CountdownToT:
     """States are the numbers left; a step combines two of them. The arithmetic is done exactly here (the
     model picks the move, a step naming a number that is not on the table is invalid), and a state with one
-    number left needs no judge: it is the target or it is not."""
+    number left needs no judge: it is the target or it is not.
 
-    EXAMPLE = "14 - 8 = 6 (left: 2 6)"
+    Proposals and ratings are asked for after a worked exchange on another puzzle (the paper's prompts are
+    few-shot too): shown only a format, a small model copies the example's numbers instead of using its own."""
+
+    DEMO = (2, 8, 14)  # the propose demonstration's numbers
+    DEMO_TARGET = 10  # the value demonstrations' target: 4 6 can make it, 1 2 cannot
 
     def __init__(self, numbers: Sequence[int], target: int, ops: str):
         self.numbers, self.target, self.ops = list(numbers), target, ops
         self.depth = len(numbers) - 1
 
     def root(self) -> CountdownState:
-        return CountdownState(tuple((Fraction(x), str(x)) for x in sorted(self.numbers)))
+        return self._start(self.numbers)
+
+    @staticmethod
+    def _start(numbers: Sequence[int]) -> CountdownState:
+        return CountdownState(tuple((Fraction(x), str(x)) for x in sorted(numbers)))
 
     def _table(self, state: CountdownState) -> str:
         return " ".join(fmt(v) for v, _ in state.left)
@@ -113,13 +121,34 @@ class CountdownToT:
     def _rules(self) -> str:
         return f"Operations: {' '.join(self.ops)}. Each number is used exactly once."
 
-    def generate_prompt(self, state: CountdownState, several: bool) -> list[dict]:
+    def _moves(self, state: CountdownState) -> list[str]:
+        """Every whole-number move from `state` (larger number first for - and /), shown as a step."""
+        out = []
+        for op in self.ops:
+            for i, j in itertools.combinations(range(len(state.left)), 2):
+                small, large = state.left[i][0], state.left[j][0]
+                a, b = (small, large) if op in "+*" else (large, small)
+                result = apply(a, op, b)
+                if result is None or result.denominator != 1:
+                    continue
+                child = self.extend(state, f"{fmt(a)} {op} {fmt(b)} =")
+                if child is not None and child.steps[-1] not in out:
+                    out.append(child.steps[-1])
+        return out
+
+    def _propose(self, table: str, several: bool) -> str:
         ask = ("List up to 8 different possible next steps, one per line" if several
                else "Write one possible next step, on one line")
-        return [{"role": "user", "content": (
-            f"Numbers: {self._table(state)}. Target: {self.target}. {self._rules()}\n"
-            f"Combine two of the numbers with one operation. {ask}, in the form \"a op b = c (left: the numbers "
-            f"that remain)\". For example, with the numbers 2 8 14: {self.EXAMPLE}")}]
+        return (f"Numbers: {table}. Target: {self.target}. {self._rules()}\n"
+                f"Combine two of the numbers with one operation. {ask}, in the form \"a op b = c (left: the numbers "
+                "that remain)\".")
+
+    def generate_prompt(self, state: CountdownState, several: bool) -> list[dict]:
+        demo = self._start(self.DEMO)
+        moves = self._moves(demo)[: 8 if several else 1]
+        return [{"role": "user", "content": self._propose(self._table(demo), several)},
+                {"role": "assistant", "content": "\n".join(moves)},
+                {"role": "user", "content": self._propose(self._table(state), several)}]
 
     def steps(self, text: str) -> list[str]:
         return [line for line in _lines(text) if _STEP.search(line)]
@@ -145,10 +174,19 @@ class CountdownToT:
         shown = f"{fmt(a)} {op} {fmt(b)} = {fmt(result)} (left: {' '.join(fmt(v) for v, _ in left)})"
         return CountdownState(tuple(left), state.steps + (shown,))
 
+    def _value(self, table: str, target: int) -> str:
+        return (f"Can the numbers {table} make {target}? {self._rules()} "
+                "Try a few combinations, then end with one word: sure, likely or impossible.")
+
     def value_prompt(self, state: CountdownState) -> list[dict]:
-        return [{"role": "user", "content": (
-            f"Can the numbers {self._table(state)} make {self.target}? {self._rules()} "
-            "Try a few combinations, then end with one word: sure, likely or impossible.")}]
+        demos = []
+        for numbers in ((4, 6), (1, 2)):  # worked ratings: every move, then the verdict
+            start = self._start(numbers)
+            moves = [m.split(" (left")[0] for m in self._moves(start)]
+            made = any(self.extend(start, m).left[0][0] == self.DEMO_TARGET for m in moves)
+            demos += [{"role": "user", "content": self._value(self._table(start), self.DEMO_TARGET)},
+                      {"role": "assistant", "content": "\n".join([*moves, "sure" if made else "impossible"])}]
+        return [*demos, {"role": "user", "content": self._value(self._table(state), self.target)}]
 
     def exact_value(self, state: CountdownState) -> float | None:
         if len(state.left) > 1:
