@@ -52,7 +52,7 @@ class DPOConfig(TrainConfig):
 PRESETS: dict[str, dict] = {
     "smoke": dict(steps=20, batch_size=8, seq_len=256, lr=1e-5, warmup_steps=2, weight_decay=0.0, eval_every=0,
                   save_every=0, log_every=5, eval_tasks="add2", eval_styles="direct", eval_n=5),
-    "tiny": dict(steps=200, batch_size=16, seq_len=320, lr=5e-5, warmup_steps=10, min_lr_ratio=0.1,
+    "tiny": dict(steps=200, batch_size=16, seq_len=256, lr=5e-5, warmup_steps=10, min_lr_ratio=0.1,
                  weight_decay=0.0, eval_every=50, save_every=50, log_every=10),
 }
 

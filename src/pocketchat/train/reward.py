@@ -47,7 +47,7 @@ PRESETS: dict[str, dict] = {
     "smoke": dict(steps=20, batch_size=8, seq_len=256, lr=1e-4, warmup_steps=2, weight_decay=0.0, eval_every=0,
                   save_every=0, log_every=5),
     # About two epochs of ~2,000 embedded-pipeline comparisons, minutes on 2 CPU cores from the tiny SFT model.
-    "tiny": dict(steps=250, batch_size=16, seq_len=320, lr=1e-4, warmup_steps=20, min_lr_ratio=0.1,
+    "tiny": dict(steps=250, batch_size=16, seq_len=256, lr=1e-4, warmup_steps=20, min_lr_ratio=0.1,
                  weight_decay=0.0, eval_every=50, save_every=50, log_every=10),
 }
 
