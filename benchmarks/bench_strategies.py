@@ -99,7 +99,8 @@ def sc_rows(sc: dict, problems, ks: list[int]) -> list[dict]:
             usage.calls += r.usage.calls
         n = len(problems)
         rows.append({"task": sc["task"], "strategy": "sc", "label": f"self-consistency k={k}", "n": n,
-                     "accuracy": sum(correct) / n, "tokens": usage.total / n, "completion_tokens": usage.completion_tokens / n,
+                     "accuracy": sum(correct) / n, "tokens": usage.total / n,
+                     "completion_tokens": usage.completion_tokens / n,
                      "calls": usage.calls / n, "correct": correct, "sample_accuracy": sample_right / sample_count,
                      "seconds": sc["seconds"] * (k / max(ks) if k != max(ks) else 1.0)})
     return rows
@@ -130,7 +131,8 @@ def bench_model(llm, args, ks: list[int]) -> list[dict]:
         arithmetic = any(p.reference("tool")[1].get("tool_calls") for p in problems)  # the task has calculator steps
         for strategy in ("direct", "cot"):
             if strategy not in args.skip:
-                add(cell(llm, strategy, task, problems, settings, args.workers, {"direct": "direct", "cot": "CoT"}[strategy]))
+                label = {"direct": "direct", "cot": "CoT"}[strategy]
+                add(cell(llm, strategy, task, problems, settings, args.workers, label))
         if "sc" not in args.skip:
             sc = cell(llm, "sc", task, problems, settings, args.workers)
             for row in sc_rows(sc, problems, ks) if sc["accuracy"] is not None else [sc]:
@@ -182,8 +184,8 @@ def retrieval_table(rag, args) -> str:
             return [Generation("", 0, 0, "stop")]
 
     lines = [f"Retrieval on the unseen-facts corpus: {len(docs)} documents, {len(store)} chunks "
-             f"({args.chunk_tokens} MiniLM tokens, overlap {args.overlap}), all {len(questions)} of its questions; a hit is a chunk of the question's "
-             "document that holds the answer span.", "",
+             f"({args.chunk_tokens} MiniLM tokens, overlap {args.overlap}), all {len(questions)} of its questions; "
+             "a hit is a chunk of the question's document that holds the answer span.", "",
              f"| retrieval | recall@{k} | MRR@{k} |", "|---|---|---|"]
     for mode, r in retrievers.items():
         report = rag_eval(NoModel(), r, questions, k)
@@ -199,8 +201,8 @@ def rag_rows(llm, rag, args) -> dict:
     start = time.perf_counter()
     for k in sorted({args.rag_k, 1}, reverse=True):  # a small context may hold one passage, not five
         try:
-            report = rag_eval(llm, retrievers[args.retrieval], questions[: args.n_rag], k, max_tokens=args.rag_max_tokens,
-                              workers=args.workers)
+            report = rag_eval(llm, retrievers[args.retrieval], questions[: args.n_rag], k,
+                              max_tokens=args.rag_max_tokens, workers=args.workers)
         except UserError as e:
             print(f"  RAG with top {k}: n/a: {e}", file=sys.stderr, flush=True)
             continue
@@ -335,9 +337,10 @@ def main(argv=None) -> int:
             print("Targets:\n" + "\n".join(checks) + "\n")
         if rag_report:
             r = rag_report
-            print(f"| RAG ({r['n']} questions, {args.retrieval} top {r['k']}{r['note']}) | accuracy | tokens / question |\n"
-                  f"|---|---|---|\n| closed book (the bare question) | {r['accuracy_closed_book']:.1%} | "
-                  f"{r['tokens_closed_book']:.0f} |\n| with retrieval | {r['accuracy_rag']:.1%} | {r['tokens_rag']:.0f} |\n")
+            print(f"| RAG ({r['n']} questions, {args.retrieval} top {r['k']}{r['note']}) | accuracy | "
+                  f"tokens / question |\n|---|---|---|\n"
+                  f"| closed book (the bare question) | {r['accuracy_closed_book']:.1%} | {r['tokens_closed_book']:.0f} |\n"
+                  f"| with retrieval | {r['accuracy_rag']:.1%} | {r['tokens_rag']:.0f} |\n")
         print(f"({minutes:.1f} minutes)\n", flush=True)
         report["models"].append({"model": name, "rows": [{k: v for k, v in r.items() if k != "results"} for r in rows],
                                  "rag": rag_report, "minutes": minutes})

@@ -28,8 +28,8 @@ def self_consistency(llm: LLM, messages: list[dict], *, n: int = 5, temperature:
     subset of the samples (e.g. the first k)."""
     llm = Metered(llm)
     samples = llm.complete(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    trace_samples = [{"text": g.text, "answer": extract(g.text), "tokens": g.tokens, "finished": g.finish_reason != "length"}
-                     for g in samples]
+    trace_samples = [{"text": g.text, "answer": extract(g.text), "tokens": g.tokens,
+                      "finished": g.finish_reason != "length"} for g in samples]
     winner, ranked = tally(trace_samples, normalize)
     trace = {"samples": trace_samples, "votes": ranked, "shares": {a: c / n for a, c in ranked.items()}}
     return Result(winner, trace, llm.usage)

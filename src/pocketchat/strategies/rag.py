@@ -52,7 +52,8 @@ def rag_eval(llm, retriever: Retriever, questions: list[FactQuestion], k: int = 
     prompts = []
     for q in questions:
         hits = retriever.search(q.question, k)
-        ranks = [r for r, h in enumerate(hits, 1) if h.metadata.get("id") == q.doc_id and answer_correct(q.answer, h.text)]
+        ranks = [r for r, h in enumerate(hits, 1)
+                 if h.metadata.get("id") == q.doc_id and answer_correct(q.answer, h.text)]
         found += bool(ranks)
         reciprocal += 1 / ranks[0] if ranks else 0.0
         prompts.append(rag_prompt(q.question, [h.text for h in hits]))

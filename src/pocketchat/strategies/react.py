@@ -49,7 +49,8 @@ Question: {question}"""
 # every observation is what the tool really answers.
 DEMOS = {"calculator": [
     ("How much is 45 plus 27?", [("I need 45 plus 27.", "45+27", "72")], "72"),
-    ("What is 23 times 4, plus 5?", [("I need 23 times 4 first.", "23*4", "92"), ("Now I add 5 to 92.", "92+5", "97")], "97"),
+    ("What is 23 times 4, plus 5?", [("I need 23 times 4 first.", "23*4", "92"), ("Now I add 5 to 92.", "92+5", "97")],
+     "97"),
 ]}
 
 PLAN_PROMPT = ("Break this task into a short numbered list of at most 5 steps. Do not solve it yet.\n\n"
@@ -122,7 +123,8 @@ def demonstrations(tools: Sequence[Tool]) -> list[tuple[str, list[dict]]]:
             for thought, given, observation in steps:
                 turns += [{"role": "assistant", "content": f"Thought: {thought}\nAction: {tool.name}[{given}]"},
                           {"role": "user", "content": f"Observation: {observation}"}]
-            out.append((question, [*turns, {"role": "assistant", "content": f"Thought: I know the answer.\nAnswer: {answer}"}]))
+            final = {"role": "assistant", "content": f"Thought: I know the answer.\nAnswer: {answer}"}
+            out.append((question, [*turns, final]))
     return out
 
 
@@ -150,7 +152,8 @@ def react(llm: LLM, question: str, *, tools: Sequence[Tool] = DEFAULT_TOOLS, max
     planned = "\nPlan:\n" + "\n".join(f"{i}. {t}" for i, t in enumerate(tasks, 1)) + "\n" if tasks else ""
     shown = demonstrations(tools) if demos else []
     if shown:
-        convo = [{"role": "user", "content": REACT_PROMPT.format(tools=listing, plan="", question=shown[0][0])}, *shown[0][1]]
+        first = REACT_PROMPT.format(tools=listing, plan="", question=shown[0][0])
+        convo = [{"role": "user", "content": first}, *shown[0][1]]
         for q, turns in shown[1:]:
             convo += [{"role": "user", "content": f"Question: {q}"}, *turns]
         convo.append({"role": "user", "content": f"{planned.strip()}\n\nQuestion: {question}".lstrip()})

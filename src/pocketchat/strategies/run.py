@@ -171,7 +171,8 @@ def summarize(task: str, strategy: str, problems: Sequence[Problem], results: Se
         usage.completion_tokens += r.usage.completion_tokens
         usage.calls += r.usage.calls
     n = len(problems)
-    return {"task": task, "strategy": strategy, "n": n, "accuracy": sum(p.grade(r.answer) for p, r in zip(problems, results)) / n,
+    right = sum(p.grade(r.answer) for p, r in zip(problems, results))
+    return {"task": task, "strategy": strategy, "n": n, "accuracy": right / n,
             "tokens": usage.total / n, "completion_tokens": usage.completion_tokens / n, "calls": usage.calls / n}
 
 
