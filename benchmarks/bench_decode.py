@@ -114,8 +114,8 @@ def main() -> None:
 
     print(f"\ngreedy, {args.prompt_len}-token prompts -> {args.new_tokens} new tokens, {torch.get_num_threads()} threads, "
           f"best of {args.repeats}; tokens/s counts new tokens over the whole generate call (prefill included)\n")
-    print(f"| model | dtype | batch | pocketchat tok/s | transformers tok/s | speedup | same tokens | KV cache MiB |")
-    print(f"|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | dtype | batch | pocketchat tok/s | transformers tok/s | speedup | same tokens | KV cache MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['ours']:.0f} | {r['theirs']:.0f} | "
               f"{r['ours'] / r['theirs']:.2f}x | {r['same']} | {r['kv_mib']:.1f} |")

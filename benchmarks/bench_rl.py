@@ -120,8 +120,6 @@ def build(root: Path, args) -> dict:
 
 
 def pocketchat_round(setup: dict, prompts: list[list[int]], args) -> list[dict]:
-    import torch
-
     from pocketchat.model import CausalLM, RewardModel
     from pocketchat.tokenizer import Tokenizer
     from pocketchat.train.rl import RLConfig, RLPrompt, RLTrainer, model_reward

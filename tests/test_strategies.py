@@ -3,7 +3,6 @@ LocalLLM, the `ask` command, and the endpoint backend against a live pocketchat 
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest

@@ -8,7 +8,6 @@ checkpoint is a plain HF folder: `transformers`, vLLM and llama.cpp open what we
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path

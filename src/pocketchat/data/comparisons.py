@@ -27,10 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -284,3 +284,16 @@ class PairDataset:
         """Every pair once, in order."""
         for i in range(0, len(self.pairs), batch_size):
             yield self.batch(range(i, min(i + batch_size, len(self.pairs))))
+
+
+def train_and_held_out(data: str, eval_data: str, val_fraction: float, seed: int, skip_bad: bool,
+                       tokenizer: Tokenizer, seq_len: int) -> tuple[PairDataset, PairDataset]:
+    """The RM's and DPO's datasets: `data` for training and `eval_data` held out, or, without eval_data,
+    val_fraction of data's prompts held out (`split_by_prompt`); the training pairs shuffled by seed."""
+    comparisons = load_many(data, skip_bad)
+    if eval_data:
+        train_set, held_out = comparisons, load_many(eval_data, skip_bad)
+    else:
+        train_set, held_out = split_by_prompt(comparisons, val_fraction, seed)
+    random.Random(seed).shuffle(train_set)
+    return PairDataset(train_set, tokenizer, seq_len, seed=seed), PairDataset(held_out, tokenizer, seq_len, seed=seed)

@@ -16,7 +16,6 @@ implicit rewards; and, to compare with RL in one table, `alignment_eval.policy_e
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from pocketchat.alignment_eval import policy_eval, token_logprobs
 from pocketchat.chat import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
-from pocketchat.data.comparisons import PairDataset, load_many, split_by_prompt
+from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.engine import Engine
 from pocketchat.errors import UserError
 from pocketchat.hardware import autocast_dtype
@@ -118,14 +117,8 @@ def run(cfg: DPOConfig, model_dir: str | Path, out: str | Path, resume: bool = F
     if cfg.seq_len > policy.config.max_position_embeddings:
         raise UserError(f"seq_len {cfg.seq_len} is longer than the model's context ({policy.config.max_position_embeddings})")
 
-    comparisons = load_many(cfg.data, cfg.skip_bad)
-    if cfg.eval_data:
-        train_set, held_out = comparisons, load_many(cfg.eval_data, cfg.skip_bad)
-    else:
-        train_set, held_out = split_by_prompt(comparisons, cfg.val_fraction, cfg.seed)
-    random.Random(cfg.seed).shuffle(train_set)
-    train_data = PairDataset(train_set, tokenizer, cfg.seq_len, seed=cfg.seed)
-    val_data = PairDataset(held_out, tokenizer, cfg.seq_len, seed=cfg.seed)
+    train_data, val_data = train_and_held_out(cfg.data, cfg.eval_data, cfg.val_fraction, cfg.seed, cfg.skip_bad,
+                                              tokenizer, cfg.seq_len)
     amp = autocast_dtype(info.device, cfg.dtype)
     ref_train = reference_logps(ref, train_data, cfg.eval_batch_size, info.device, amp)
     ref_val = reference_logps(ref, val_data, cfg.eval_batch_size, info.device, amp)

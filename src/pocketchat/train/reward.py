@@ -14,7 +14,6 @@ folder is a `LlamaForSequenceClassification` checkpoint that transformers opens.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from pocketchat.chat import CHAT_TEMPLATE, render
 from pocketchat.config import TrainConfig
-from pocketchat.data.comparisons import PairDataset, load_many, split_by_prompt
+from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.errors import UserError
 from pocketchat.model import RewardModel, atomic_write_json
 from pocketchat.tokenizer import Tokenizer
@@ -88,14 +87,8 @@ def run(cfg: RMConfig, model_dir: str | Path, out: str | Path, resume: bool = Fa
     if cfg.seq_len > model.config.max_position_embeddings:
         raise UserError(f"seq_len {cfg.seq_len} is longer than the model's context ({model.config.max_position_embeddings})")
 
-    comparisons = load_many(cfg.data, cfg.skip_bad)
-    if cfg.eval_data:
-        train_set, held_out = comparisons, load_many(cfg.eval_data, cfg.skip_bad)
-    else:
-        train_set, held_out = split_by_prompt(comparisons, cfg.val_fraction, cfg.seed)
-    random.Random(cfg.seed).shuffle(train_set)
-    train_data = PairDataset(train_set, tokenizer, cfg.seq_len, seed=cfg.seed)
-    val_data = PairDataset(held_out, tokenizer, cfg.seq_len, seed=cfg.seed)
+    train_data, val_data = train_and_held_out(cfg.data, cfg.eval_data, cfg.val_fraction, cfg.seed, cfg.skip_bad,
+                                              tokenizer, cfg.seq_len)
     if info.is_main:
         print(f"RM: {len(train_data):,} training pairs ({train_data.truncated} truncated, {train_data.dropped} too long), "
               f"{len(val_data):,} held out")
