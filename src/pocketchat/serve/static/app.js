@@ -3,21 +3,12 @@
 // Model text reaches the page only through renderMarkdown (escapes everything) or textContent.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const KEYS = { conversations: "pocketchat.conversations", current: "pocketchat.current", settings: "pocketchat.settings" };
 const SETTINGS = { model: "model", system: "system", temperature: "temperature", top_p: "top-p", max_tokens: "max-tokens", api_key: "api-key" };
 
 let conversations = load(KEYS.conversations, []);  // [{id, title, messages: [{role, content, stopped?}]}]
 let currentId = localStorage.getItem(KEYS.current);
 let controller = null;  // the AbortController of the reply being streamed
-
-function load(key, fallback) {
-  try {
-    return JSON.parse(localStorage.getItem(key)) ?? fallback;
-  } catch {
-    return fallback;
-  }
-}
 
 function save() {
   localStorage.setItem(KEYS.conversations, JSON.stringify(conversations));
@@ -42,18 +33,6 @@ function current() {
     currentId = conv.id;
   }
   return conv;
-}
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("api-key").value.trim();
-  if (key) h.Authorization = `Bearer ${key}`;
-  return h;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
 }
 
 async function errorMessage(res) {

@@ -3,33 +3,12 @@
 // comparison JSONL (serve/labeling.py). Model text reaches the page only through textContent.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const KEYS = { next: "pocketchat.label.next", settings: "pocketchat.label.settings", chat: "pocketchat.settings" };
 const SETTINGS = { k: "k", temperature: "temperature", max_tokens: "max-tokens", api_key: "api-key" };
 
 let taskIndex = null;  // the task-suite prompt in the box, until the person edits it
 let set = null;  // the sampled set being ranked: {id, completions: [{index, text, finish_reason}]}
 let ranking = [];  // indices of set.completions, best first
-
-function load(key, fallback) {
-  try {
-    return JSON.parse(localStorage.getItem(key)) ?? fallback;
-  } catch {
-    return fallback;
-  }
-}
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("api-key").value.trim();
-  if (key) h.Authorization = `Bearer ${key}`;
-  return h;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
-}
 
 async function call(method, path, body) {
   const res = await fetch(path, { method, headers: headers(), body: body && JSON.stringify(body) });
