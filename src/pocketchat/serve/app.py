@@ -417,8 +417,7 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
         async for d in job.deltas():
             if d.finish_reason == "error":
                 job.cancel()
-                yield sse({"error": {"message": f"generation failed: {d.error}", "type": "server_error",
-                                     "param": None, "code": None}})
+                yield failed_frame(d)
                 return
             c = choices[d.index]
             c.add(d)
@@ -481,8 +480,7 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
         async for d in job.deltas():
             if d.finish_reason == "error":
                 job.cancel()
-                yield sse({"error": {"message": f"generation failed: {d.error}", "type": "server_error",
-                                     "param": None, "code": None}})
+                yield failed_frame(d)
                 return
             c = choices[d.index]
             text = (echo[d.index] if not c.text and not c.token_ids else "") + d.text
@@ -536,6 +534,11 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def failed_frame(d: Delta) -> str:
+    """The SSE frame that ends a stream whose generation failed (OpenAI's error shape)."""
+    return sse({"error": {"message": f"generation failed: {d.error}", "type": "server_error", "param": None, "code": None}})
 
 
 def stream_response(frames) -> StreamingResponse:
