@@ -133,6 +133,15 @@ def test_page_is_served_with_its_csp_and_lists_the_models(new_page, chat_site):
     page = open_chat(new_page, url)
     models = httpx.get(f"{url}/v1/models").json()["data"]
     assert [o for o in page.locator("#model option").all_text_contents()] == [m["id"] for m in models] == ["scripted"]
+    assert page.locator("#label-link").is_hidden()  # this server has no labeling page
+
+
+def test_chat_page_links_to_the_labeling_page_when_there_is_one(new_page, label_site):
+    url, _ = label_site
+    page = open_chat(new_page, url)
+    page.wait_for_selector("#label-link", state="visible")
+    page.click("#label-link")
+    page.wait_for_url(f"{url}/label")
 
 
 def test_reply_streams_in_and_renders_markdown_but_no_markup_from_the_model(new_page, chat_site):

@@ -133,6 +133,12 @@ async function loadModels() {
   showError("");
 }
 
+// The labeling page exists when the server runs with --label FILE.
+async function showLabelLink() {
+  const res = await fetch("/label/api/status", { headers: headers() });
+  $("label-link").hidden = !res.ok;
+}
+
 // Each SSE frame is "data: {json}" followed by a blank line; the stream ends with "data: [DONE]".
 async function* sseFrames(res) {
   const reader = res.body.getReader();
@@ -253,6 +259,7 @@ function init() {
   });
   render();
   loadModels();
+  showLabelLink();
 }
 
 init();
