@@ -39,10 +39,11 @@ def read_metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
-def plot_curves(run: Path, stage: str, folder: Path, keys: list[str], title: str) -> str | None:
-    """One PNG of the given metrics over steps; None when the stage logged none of them."""
+def plot_curves(run: Path, stage: str, folder: Path, keys: list[str], title: str, right: tuple[str, ...] = ()) -> str | None:
+    """One PNG of the given metrics over steps (those in `right` on a second y axis, for a metric on another
+    scale); None when the stage logged none of them."""
     records = read_metrics(folder)
-    series = {k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))] for k in keys}
+    series = {k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))] for k in [*keys, *right]}
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
@@ -52,12 +53,18 @@ def plot_curves(run: Path, stage: str, folder: Path, keys: list[str], title: str
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    axes = {k: ax for k in keys}
+    if any(k in series for k in right):
+        twin = ax.twinx()
+        axes |= {k: twin for k in right}
+        twin.set_ylabel(", ".join(k for k in right if k in series))
+    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for k, points in series.items():
-        ax.plot(*zip(*points), label=k, marker="o" if len(points) < 20 else None)
+        axes[k].plot(*zip(*points), label=k, color=next(colors), marker="o" if len(points) < 20 else None)
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    fig.legend(loc="upper right", bbox_to_anchor=(1, 1), bbox_transform=ax.transAxes, fontsize="small")
     fig.tight_layout()
     (run / "plots").mkdir(exist_ok=True)
     name = f"plots/{stage}.png"
@@ -67,8 +74,10 @@ def plot_curves(run: Path, stage: str, folder: Path, keys: list[str], title: str
 
 
 PLOTS = {"pretrain": ["train_loss", "val_loss"], "sft": ["train_loss", "val_loss"], "rm": ["train_loss", "eval_loss", "accuracy"],
-         "ppo": ["reward", "gold", "kl", "eval/gold"], "grpo": ["reward", "gold", "kl", "eval/gold"],
-         "dpo": ["train_loss", "eval_loss", "pref_accuracy", "gold"]}
+         "ppo": ["reward", "kl"], "grpo": ["reward", "kl"], "dpo": ["train_loss", "eval_loss", "pref_accuracy"]}
+# On a second axis: RL's gold score (in [0, 1]) beside the RM reward and KL, where over-optimisation shows as
+# reward rising while gold does not.
+RIGHT_AXIS = {"ppo": ("gold", "eval/gold"), "grpo": ("gold", "eval/gold"), "dpo": ("gold",)}
 
 
 def alignment_table(report: dict) -> str | None:
@@ -109,7 +118,8 @@ def render(run: str | Path) -> Path:
             lines += ["", r["table"]]
         for sample in r.get("samples", []):
             lines += ["", "```", sample.strip(), "```"]
-        plot = plot_curves(run, stage, Path(r.get("path", run / stage)), PLOTS.get(stage, []), STAGE_TITLES.get(stage, stage))
+        plot = plot_curves(run, stage, Path(r.get("path", run / stage)), PLOTS.get(stage, []), STAGE_TITLES.get(stage, stage),
+                           RIGHT_AXIS.get(stage, ()))
         if plot:
             lines += ["", f"![{stage}]({plot})"]
     path = run / "report.md"

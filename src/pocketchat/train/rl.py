@@ -33,6 +33,7 @@ from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
 from pocketchat.hardware import autocast_dtype
+from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.model import CausalLM, RewardModel
 from pocketchat.tasks import Example, check, format_ok, mixture, prompt_messages
 from pocketchat.tokenizer import Tokenizer
@@ -471,8 +472,10 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
             out.append(RLPrompt(rendered[i], tools=style == "tool", example=example, style=style))
         return out
 
-    def gold(ro: Rollout) -> torch.Tensor:
-        return torch.tensor([float(check(p.example, c.text)) for p, c in zip(ro.prompts, ro.completions)])
+    labeler = ProgrammaticLabeler(cfg.seed)
+
+    def gold(ro: Rollout) -> torch.Tensor:  # the labeler's score, as in the held-out eval
+        return torch.tensor([labeler.gold_score(p.example, p.style, c) for p, c in zip(ro.prompts, ro.completions)])
 
     trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats)
 
