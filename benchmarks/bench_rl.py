@@ -60,36 +60,18 @@ def build(root: Path, args) -> dict:
     import torch
 
     from pocketchat.chat import CHAT_TEMPLATE, render_prompt
-    from pocketchat.model import CausalLM, ModelConfig, RewardModel
+    from pocketchat.model import CausalLM, RewardModel
     from pocketchat.tasks import mixture, prompt_messages
     from pocketchat.tokenizer import Tokenizer
-    from pocketchat.train.pretrain import PRESETS
 
     policy_dir, rm_dir = root / "policy", root / "rm"
     if args.model:
         tok = Tokenizer.load(args.model)
         policy = CausalLM.from_pretrained(args.model)
     else:
-        from pocketchat.data.corpus import embedded_documents
+        from tiny_random import tiny_random
 
-        p = PRESETS["tiny"]
-        texts, chars = [], 0
-        try:
-            for doc in embedded_documents("train"):
-                texts.append(doc.text)
-                chars += len(doc.text)
-                if chars > 2_000_000:
-                    break
-        except Exception as e:  # the corpus packages are missing: any English will do for random weights
-            print(f"note: embedded corpus unavailable ({e}); training the tokenizer on this script's text")
-            texts = [__doc__ * 50]
-        tok = Tokenizer.train(texts, vocab_size=p["vocab_size"])
-        config = ModelConfig(**{k: p[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                  "num_attention_heads", "num_key_value_heads")},
-                             vocab_size=tok.vocab_size, max_position_embeddings=p["seq_len"],
-                             bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        torch.manual_seed(0)
-        policy = CausalLM(config)
+        policy, tok = tiny_random([__doc__ * 50])
     policy.save_pretrained(policy_dir)
     tok.save(policy_dir, chat_template=tok.chat_template or CHAT_TEMPLATE,
              model_max_length=policy.config.max_position_embeddings)

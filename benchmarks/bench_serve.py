@@ -51,34 +51,14 @@ QUESTIONS = ["What is the meaning of love?", "Tell me a story about a king.", "H
 
 def tiny_folder(root: Path) -> Path:
     """Random weights of the tiny preset's shape + a tokenizer trained quickly on the embedded corpus."""
-    import torch
+    from tiny_random import tiny_random
 
     from pocketchat.chat import CHAT_TEMPLATE
-    from pocketchat.data.corpus import embedded_documents
-    from pocketchat.model import CausalLM, ModelConfig
-    from pocketchat.tokenizer import Tokenizer
-    from pocketchat.train.pretrain import PRESETS
 
-    p = PRESETS["tiny"]
-    texts, chars = [], 0
-    try:
-        for doc in embedded_documents("train"):
-            texts.append(doc.text)
-            chars += len(doc.text)
-            if chars > 2_000_000:
-                break
-    except Exception as e:  # the corpus packages are missing: any English will do for a random model
-        print(f"note: embedded corpus unavailable ({e}); training the tokenizer on this script's text")
-        texts = [__doc__ * 50, *QUESTIONS * 50]
-    tok = Tokenizer.train(texts, vocab_size=p["vocab_size"])
-    config = ModelConfig(**{k: p[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                              "num_attention_heads", "num_key_value_heads")},
-                         vocab_size=tok.vocab_size, max_position_embeddings=p["seq_len"],
-                         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-    torch.manual_seed(0)
+    model, tok = tiny_random([__doc__ * 50, *QUESTIONS * 50])
     folder = root / "tiny-random"
-    CausalLM(config).save_pretrained(folder)
-    tok.save(folder, chat_template=CHAT_TEMPLATE, model_max_length=p["seq_len"])
+    model.save_pretrained(folder)
+    tok.save(folder, chat_template=CHAT_TEMPLATE, model_max_length=model.config.max_position_embeddings)
     return folder
 
 
