@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pocketchat.config import TrainConfig
+from pocketchat.config import TrainConfig, apply_overrides
 from pocketchat.errors import UserError
 from pocketchat.train import dist
-from pocketchat.train.loop import CHECKPOINT, lr_factor, param_groups, train
+from pocketchat.train.loop import CHECKPOINT, lr_factor, train
+from pocketchat.train.optim import orthogonalize, param_groups
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_worker import make_get_batch, tiny_model  # noqa: E402
@@ -31,8 +33,9 @@ def losses(run_dir: Path) -> list[float]:
     return [r["train_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
 
 
-def test_resume_after_crash_is_bitwise_identical(tmp_path):
-    c = cfg()
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_crash_is_bitwise_identical(tmp_path, optimizer):
+    c = cfg(optimizer=optimizer)
     full = tiny_model()
     train(full, c, tmp_path / "a", make_get_batch(8), info=CPU)
 
@@ -48,8 +51,9 @@ def test_resume_after_crash_is_bitwise_identical(tmp_path):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")  # the log has no duplicated or missing steps
 
 
-def test_loss_falls(tmp_path):
-    train(tiny_model(), cfg(steps=60, save_every=0), tmp_path, make_get_batch(8), info=CPU)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_falls(tmp_path, optimizer):
+    train(tiny_model(), cfg(steps=60, save_every=0, optimizer=optimizer), tmp_path, make_get_batch(8), info=CPU)
     trace = losses(tmp_path)
     assert trace[-1] < 0.5 * trace[0]
 
@@ -81,6 +85,30 @@ def test_no_weight_decay_on_norms_and_embeddings():
     assert id(model.model.embed_tokens.weight) not in decayed  # tied with lm_head: both undecayed
     assert all(id(model.model.layers[0].input_layernorm.weight) != i for i in decayed)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = tiny_model()
+    groups = param_groups(model, 0.1, muon=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = [names[id(p)] for g in groups if g["muon"] for p in g["params"]]
+    adam = [names[id(p)] for g in groups if not g["muon"] for p in g["params"]]
+    assert muon and all(n.endswith("proj.weight") for n in muon)  # attention and MLP matrices only
+    assert "model.embed_tokens.weight" in adam and any("norm" in n for n in adam)
+    assert len(muon) + len(adam) == len(names)
+
+
+def test_orthogonalize_flattens_the_spectrum():
+    g = torch.randn(32, 96) * torch.logspace(-2, 1, 96)  # singular values spread over 3 orders of magnitude
+    s = torch.linalg.svdvals(orthogonalize(g).float())
+    assert s.min() > 0.5 and s.max() < 1.3
+
+
+def test_config_rejects_an_unknown_choice():
+    with pytest.raises(UserError, match=re.escape("optimizer must be one of adamw | muon")):
+        apply_overrides(TrainConfig(), {"optimizer": "sgd"}, "command line")
+    with pytest.raises(UserError, match="schedule"):
+        apply_overrides(TrainConfig(), {"schedule": "cosin"}, "command line")
 
 
 def test_resume_refuses_a_changed_batch(tmp_path):

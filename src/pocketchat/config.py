@@ -24,6 +24,7 @@ class TrainConfig:
     batch_size: int = 32  # sequences per optimizer step, summed over all ranks and micro-batches
     micro_batch_size: int = 0  # sequences per forward pass per rank; 0 = batch_size / world size (no accumulation)
     seq_len: int = 256
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest; see train/optim.py)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
     warmup_steps: int = 50
@@ -41,6 +42,11 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fsdp: bool = False  # under torchrun: shard parameters with FSDP2 instead of replicating with DDP
+
+
+# String fields that take one of a few values (checked wherever a config is built).
+CHOICES = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "linear", "constant"),
+           "dtype": ("auto", "float32", "bfloat16")}
 
 
 def coerce(value, typ, key: str, where: str):
@@ -88,6 +94,9 @@ def apply_overrides(cfg, overrides: dict, where: str):
         if name not in valid:
             raise UserError(f"{where}: unknown config key {key!r}. Valid keys: {', '.join(sorted(valid))}")
         changes[name] = coerce(value, types_[name], name, where)
+        allowed = CHOICES.get(name)
+        if allowed and changes[name] not in allowed:
+            raise UserError(f"{where}: {name} must be one of {' | '.join(allowed)}, got {changes[name]!r}")
     return dataclasses.replace(cfg, **changes)
 
 

@@ -1,7 +1,7 @@
 """The one training loop every stage shares: pretrain, SFT, reward model, DPO and the RL learner.
 
 A stage supplies the model, a deterministic batch function and (optionally) its loss and eval; the loop owns
-the rest: AdamW with parameter groups, warmup + decay, gradient accumulation, clipping, bf16 autocast, DDP or
+the rest: AdamW (or Muon, see optim.py) with parameter groups, warmup + decay, gradient accumulation, clipping, bf16 autocast, DDP or
 FSDP2, periodic eval, metrics (JSONL + TensorBoard), a progress bar, and atomic checkpoints that make
 `--resume` continue bit for bit.
 
@@ -29,6 +29,7 @@ from pocketchat.errors import UserError
 from pocketchat.hardware import autocast_dtype, matmul_flops
 from pocketchat.model import atomic_write
 from pocketchat.train import dist
+from pocketchat.train.optim import build_optimizer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -40,18 +41,6 @@ BatchFn = Callable[[int, int, int], Batch]
 def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Next-token cross-entropy; targets are -100 where no loss is taken (padding, masked prompt tokens)."""
     return model(batch["input_ids"], batch["targets"], position_ids=batch.get("position_ids"), attn_mask=batch.get("attn_mask"))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: norms, biases and embeddings (and a head tied to them) keep their scale."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -142,10 +131,10 @@ def train(
     sharded = cfg.fsdp and info.world_size > 1
     if sharded:  # FSDP2 turns parameters into DTensors in place: shard before the optimizer sees them
         dist.wrap(raw, info, fsdp=True)
-    optimizer = torch.optim.AdamW(
-        param_groups(raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-        fused=info.device.type in ("cpu", "cuda") and not sharded,
-    )
+    if sharded and cfg.optimizer == "muon":
+        raise UserError("--optimizer=muon does not support --fsdp (it orthogonalizes whole matrices); use DDP")
+    optimizer = build_optimizer(raw, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                fused=info.device.type in ("cpu", "cuda") and not sharded)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     start_step = 0
     if resume:

@@ -38,7 +38,8 @@ from pocketchat.model import CausalLM, RewardModel
 from pocketchat.tasks import Example, check, format_ok, mixture, prompt_messages
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
-from pocketchat.train.loop import MetricsLog, lr_factor, load_checkpoint, param_groups, save_checkpoint
+from pocketchat.train.loop import MetricsLog, lr_factor, load_checkpoint, save_checkpoint
+from pocketchat.train.optim import param_groups
 from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
                                       kl_estimate, masked_mean, masked_whiten, moments_std, update_moments)
 
