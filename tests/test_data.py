@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 from itertools import count
 
 import numpy as np
@@ -13,8 +14,10 @@ import pytest
 from pocketchat.data import corpus, shards
 from pocketchat.data.corpus import (Document, embedded_documents, in_val, iter_documents, iter_split_documents,
                                     split_text, strip_gutenberg)
+from pocketchat.data.drill import drill_documents
 from pocketchat.data.shards import build_shards, load_tokens, token_dtype
 from pocketchat.errors import UserError
+from pocketchat.tasks.base import split_of
 from pocketchat.tokenizer import Tokenizer
 
 
@@ -39,14 +42,27 @@ def test_embedded_corpus_split_by_whole_documents(embedded):
     train, val = ({d.name for d in embedded[s]} for s in ("train", "val"))
     assert val == {"shakespeare/hamlet", "shakespeare/tempest", "shakespeare/twelfth_night",
                    "bible/Ruth", "bible/Jonah", "bible/Philemon", "bible/Isaiah"}
-    assert len(train) == 42 + 66 - 7 and not train & val
+    books = {n for n in train if not n.startswith("drill/")}
+    assert len(books) == 42 + 66 - 7 and not train & val
     assert sum(n.startswith("shakespeare/") for n in train) == 39  # First Folio duplicates skipped
+    assert len(train - books) == len(list(drill_documents()))  # the worked-problem sheets: train only
     texts = {d.name: d.text for split in embedded.values() for d in split}
     assert texts["bible/Genesis"].startswith("Genesis\n\n1:1 In the beginning God created the heaven and the earth.\n")
     assert "\n\n2:1 Thus the heavens and the earth were finished" in texts["bible/Genesis"]
     assert texts["bible/Revelation"].endswith("22:21 The grace of our Lord Jesus Christ be with you all. Amen.\n")
     assert "To be, or not to be" in texts["shakespeare/hamlet"]
-    assert 8_500_000 < sum(len(t) for t in texts.values()) < 10_000_000
+    assert 8_500_000 < sum(len(t) for n, t in texts.items() if not n.startswith("drill/")) < 10_000_000
+
+
+def test_drill_sheets_hold_only_train_instances_in_every_style():
+    text = "".join(t for _, t in drill_documents())
+    assert text == "".join(t for _, t in drill_documents())  # deterministic
+    sums = re.findall(r"(?:What is (\d+) (?:\+|plus) (\d+)\?|Compute (\d+) \+ (\d+)\.|Add (\d+) and (\d+)\.)", text)
+    keys = {"arith:{}+{}".format(*sorted(int(x) for x in m if x)) for m in sums}
+    assert len(keys) > 5000 and all(split_of(k) == "train" for k in keys)
+    assert ", carry 1\n" in text  # worked steps
+    assert re.search(r"calculator \d+\+\d+ -> \d+\. Answer: \d+", text)  # calculator style
+    assert re.search(r"\? \d+\n", text)  # bare answers
 
 
 def test_strip_gutenberg():

