@@ -1,7 +1,7 @@
 """The one training loop every stage shares: pretrain, SFT, reward model, DPO and the RL learner.
 
 A stage supplies the model, a deterministic batch function and (optionally) its loss and eval; the loop owns
-the rest: AdamW (or Muon, see optim.py) with parameter groups, warmup + decay, gradient accumulation, clipping, bf16 autocast, DDP or
+the rest: the optimizer (AdamW or Muon, optim.py), warmup + decay, gradient accumulation, clipping, bf16 autocast, DDP or
 FSDP2, periodic eval, metrics (JSONL + TensorBoard), a progress bar, and atomic checkpoints that make
 `--resume` continue bit for bit.
 

@@ -39,7 +39,7 @@ from pocketchat.tasks import Example, check, format_ok, mixture, prompt_messages
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
 from pocketchat.train.loop import MetricsLog, lr_factor, load_checkpoint, save_checkpoint
-from pocketchat.train.optim import param_groups
+from pocketchat.train.optim import build_optimizer
 from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
                                       kl_estimate, masked_mean, masked_whiten, moments_std, update_moments)
 
@@ -176,8 +176,8 @@ class RLTrainer:
         self.reward_fn, self.gold_fn, self.reward_stats = reward_fn, gold_fn, reward_stats
         self.device = next(policy.parameters()).device
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.learner, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2), fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = build_optimizer(self.learner, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                         fused=self.device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.engine = Engine(policy, tokenizer)  # samples from the live weights: no copy to sync
         self.amp = autocast_dtype(self.device, cfg.dtype)
