@@ -124,17 +124,18 @@ def _bible() -> Iterator[Document]:
         yield Document("bible/" + book, "".join(lines))
 
 
-def _embedded() -> Iterator[tuple[str, Document]]:
+def _embedded(with_sheets: bool = True) -> Iterator[tuple[str, Document]]:
     for doc in (*_shakespeare(), *_bible()):
         yield ("val" if doc.name in EMBEDDED_VAL else "train"), doc
-    for name, text in drill_documents():
-        yield "train", Document(name, text)
+    if with_sheets:  # all train: generating them for the val split would be wasted work
+        for name, text in drill_documents():
+            yield "train", Document(name, text)
 
 
 def embedded_documents(split: str) -> Iterator[Document]:
     """The embedded corpus' documents of `split` ("train" or "val")."""
     _check_split(split)
-    return (doc for doc_split, doc in _embedded() if doc_split == split)
+    return (doc for doc_split, doc in _embedded(with_sheets=split == "train") if doc_split == split)
 
 
 # -- user corpora ---------------------------------------------------------------------------------------------
@@ -253,6 +254,9 @@ def iter_documents(source: str | Path, split: str = "train", text_field: str = "
                    val_fraction: float = VAL_FRACTION) -> Iterator[Document]:
     """The documents of one split of `source`: "embedded" or a path (see the module docstring)."""
     _check_split(split)
+    if str(source) == "embedded":
+        yield from embedded_documents(split)
+        return
     for doc_split, doc in iter_split_documents(source, text_field, val_fraction):
         if doc_split == split:
             yield doc

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from pocketchat.errors import UserError
 
+
 def param_groups(model: nn.Module, weight_decay: float, muon: bool = False) -> list[dict]:
     """Decay matrices only: norms, biases and embeddings (and a head tied to them) keep their scale.
     With `muon`, the hidden matrices form their own group, flagged for the Muon update; an untied output
@@ -37,7 +38,7 @@ def param_groups(model: nn.Module, weight_decay: float, muon: bool = False) -> l
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if muon:
         groups = [{**g, "muon": False} for g in groups] + [{"params": hidden, "weight_decay": weight_decay, "muon": True}]
-    return [g for g in groups if g["params"]]
+    return groups
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
