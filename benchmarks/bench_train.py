@@ -1,7 +1,9 @@
 """Training throughput of the `tiny` pretraining config: pocketchat vs transformers' LlamaForCausalLM, same run.
 
 Prints tokens/s and MFU against the matmul peak measured in this run. Usage:
-    python benchmarks/bench_train.py [--steps 20] [--batch 32] [--dtype auto|float32|bfloat16] [--compile]
+    python benchmarks/bench_train.py [--steps 20] [--batch 32] [--dtype auto|float32|bfloat16] [--optimizer muon|adamw] [--compile]
+
+Both models get the same optimizer (the preset's, Muon by default), so the rows differ only in the model code.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 
 from pocketchat.hardware import autocast_dtype, matmul_flops
 from pocketchat.model import CausalLM, ModelConfig
-from pocketchat.train.loop import lm_loss, param_groups
+from pocketchat.train.loop import lm_loss
+from pocketchat.train.optim import build_optimizer
 from pocketchat.train.pretrain import PRESETS
 
 
@@ -50,6 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=PRESETS["tiny"]["batch_size"])
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--optimizer", default=PRESETS["tiny"]["optimizer"], choices=["muon", "adamw"])
     ap.add_argument("--compile", action="store_true", help="also time pocketchat with torch.compile")
     args = ap.parse_args()
 
@@ -62,13 +66,15 @@ def main() -> None:
     tokens = args.batch * T
     rows = []
 
+    def optimizer(model):
+        return build_optimizer(model, args.optimizer, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), fused=True)
+
     def ours(compiled: bool):
         torch.manual_seed(0)
         model = CausalLM(config)
         if compiled:
             model.compile()
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=True)
-        return model, lm_loss, opt
+        return model, lm_loss, optimizer(model)
 
     def theirs():
         import transformers
@@ -76,8 +82,7 @@ def main() -> None:
         hf_cfg = transformers.LlamaConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures", "torch_dtype")})
         model = transformers.LlamaForCausalLM(hf_cfg)
         model.config._attn_implementation = "sdpa"
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
-        return model, lambda m, b: m(input_ids=b["input_ids"], labels=b["input_ids"]).loss, opt
+        return model, lambda m, b: m(input_ids=b["input_ids"], labels=b["input_ids"]).loss, optimizer(model)
 
     flops_per_token = CausalLM(config).flops_per_token(T)
     candidates = [("pocketchat", lambda: ours(False))]
@@ -91,7 +96,7 @@ def main() -> None:
 
     dtype = "bf16 autocast" if amp else "fp32"
     print(f"\ntiny config: {CausalLM(config).num_params() / 1e6:.2f} M non-embedding params, batch {args.batch} x {T}, "
-          f"{dtype}, {torch.get_num_threads()} threads; measured matmul peak {peak / 1e9:.0f} GFLOP/s\n")
+          f"{dtype}, {args.optimizer}, {torch.get_num_threads()} threads; measured matmul peak {peak / 1e9:.0f} GFLOP/s\n")
     print(f"| {'implementation':<32} | {'tokens/s':>9} | {'MFU':>5} | {'vs transformers':>15} |")
     print(f"|{'-' * 34}|{'-' * 11}|{'-' * 7}|{'-' * 17}|")
     base = rows[-1][1]

@@ -135,3 +135,16 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, mode):
     w2 = torch.load(tmp_path / "two" / CHECKPOINT, weights_only=False)["model"]
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+
+
+def test_compiled_training_step_matches_eager(tmp_path):
+    c = cfg(save_every=0)
+    train(tiny_model(), c, tmp_path / "eager", make_get_batch(8), info=CPU)
+    train(tiny_model(), cfg(save_every=0, compile=True), tmp_path / "compiled", make_get_batch(8), info=CPU)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(UserError, match="C\\+\\+ compiler.*no-such-compiler"):
+        train(tiny_model(), cfg(compile=True), tmp_path, make_get_batch(8), info=CPU)

@@ -96,3 +96,13 @@ def test_reward_model_opens_in_transformers_as_sequence_classifier(tmp_path):
     with torch.no_grad():
         assert torch.allclose(rm(ids, lengths), theirs(ids).logits.squeeze(-1), atol=1e-4)
         assert torch.allclose(RewardModel.from_pretrained(tmp_path)(ids, lengths), rm(ids, lengths))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_flops_per_token_counts_every_matmul_including_a_tied_lm_head(tied):
+    c = tiny_config(tie_word_embeddings=tied)
+    d, kv = c.hidden_size, c.num_key_value_heads * c.head_dim
+    per_layer = d * d + 2 * d * kv + d * d + 3 * d * c.intermediate_size  # q, k+v, o, gate+up+down
+    matmul = c.num_hidden_layers * per_layer + c.vocab_size * d
+    attention = 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * 32
+    assert CausalLM(c).flops_per_token(32) == 6 * matmul + attention

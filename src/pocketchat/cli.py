@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_merge)
 
     s = stage("speedrun", "the whole recipe on the embedded data, ending in RUN/report.md", presets=False)
-    s.add_argument("--preset", default="default", help="smoke (CI, minutes) or default (~25 min on 2 CPU cores)")
+    s.add_argument("--preset", default="default", help="smoke (CI, minutes), default (~25 min on 2 CPU cores) or full (every stage at its tiny preset, ~50 min)")
     s.add_argument("--out", default="runs/speedrun")
     s.set_defaults(func=cmd_speedrun)
 

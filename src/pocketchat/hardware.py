@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import time
 
 import torch
@@ -19,6 +21,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
+def check_compile(device: torch.device) -> None:
+    """torch.compile on CPU generates C++: fail up front, not minutes into a run, when there is no compiler."""
+    cxx = os.environ.get("CXX", "g++")
+    if device.type == "cpu" and shutil.which(cxx) is None:
+        raise UserError(f"--compile=true needs a C++ compiler on CPU ({cxx!r} not found): install g++ "
+                        "(or set $CXX), or pass --compile=false")
 
 
 @functools.lru_cache(maxsize=None)

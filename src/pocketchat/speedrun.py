@@ -18,7 +18,8 @@ from pocketchat.report import read_metrics, read_report, render, update_report
 
 ALIGN_TASKS = "add2,add,word"  # what comparisons, the RM, RL and DPO work on (and are measured on)
 
-# Per stage: the stage's own preset plus overrides. `default` is the ~25-minute CPU run; `smoke` is CI's.
+# Per stage: the stage's own preset plus overrides. `default` is the ~25-minute CPU run, `smoke` CI's, and `full`
+# every stage at its own `tiny` preset (~50 minutes on 2 CPU cores).
 PRESETS: dict[str, dict[str, dict]] = {
     "smoke": {
         "pretrain": {"preset": "smoke"},
@@ -33,6 +34,20 @@ PRESETS: dict[str, dict[str, dict]] = {
         "strategies": {"n": 3, "tasks": "add2", "strategies": "direct,cot,sc,tool", "sc_n": 3, "max_tokens": 48},
     },
     "default": {
+        "pretrain": {"preset": "tiny", "steps": 300, "eval_every": 150},
+        "sft": {"preset": "tiny", "steps": 300, "eval_every": 150, "save_every": 100},
+        "eval": {"n": 30, "tasks": "add2,add,mul,word,count_letters,sort_list,units", "styles": "direct,cot,tool"},
+        "compare": {"n": 300, "test_n": 100, "k": 4, "tasks": ALIGN_TASKS, "styles": "direct,cot,tool", "max_tokens": 96},
+        "rm": {"preset": "tiny", "steps": 150},
+        "ppo": {"preset": "tiny", "tasks": ALIGN_TASKS, "steps": 40, "batch_size": 16, "minibatch_size": 8,
+                "eval_every": 0, "eval_n": 30},
+        "grpo": {"preset": "tiny", "tasks": ALIGN_TASKS, "steps": 40, "batch_size": 16, "minibatch_size": 8,
+                 "eval_every": 0, "eval_n": 30},
+        "dpo": {"preset": "tiny", "steps": 100, "eval_tasks": ALIGN_TASKS, "eval_n": 30},  # the same eval as RL's
+        "diversity": {"prompts": 12, "samples": 4, "max_tokens": 48},
+        "strategies": {"n": 20, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
+    },
+    "full": {
         "pretrain": {"preset": "tiny"},
         "sft": {"preset": "tiny"},
         "eval": {"n": 50, "tasks": "add2,add,mul,word,count_letters,sort_list,units", "styles": "direct,cot,tool"},

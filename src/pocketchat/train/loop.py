@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pocketchat.config import TrainConfig
 from pocketchat.errors import UserError
-from pocketchat.hardware import autocast_dtype, matmul_flops
+from pocketchat.hardware import autocast_dtype, check_compile, matmul_flops
 from pocketchat.model import atomic_write
 from pocketchat.train import dist
 from pocketchat.train.optim import build_optimizer
@@ -139,9 +139,11 @@ def train(
     start_step = 0
     if resume:
         start_step = load_checkpoint(out_dir, raw, optimizer, scheduler, cfg, sharded)
-    if cfg.compile:
-        raw.compile()
     model = raw if sharded else dist.wrap(raw, info, fsdp=False)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    if cfg.compile:  # the training step only: evals and samples run eager, with shapes of their own
+        check_compile(info.device)
+        model = torch.compile(model)
 
     log = MetricsLog(out_dir, start_step, info.is_main)
     if info.is_main:
@@ -174,7 +176,7 @@ def train(
         for m in range(n_micro):
             batch = {k: v.to(info.device, non_blocking=True) for k, v in get_batch(step, info.rank * n_micro + m, info.world_size * n_micro).items()}
             # DDP: only the last micro-batch all-reduces gradients.
-            sync = m == n_micro - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
+            sync = m == n_micro - 1 or not ddp
             with (model.no_sync() if not sync else _null()), torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = loss_fn(model, batch) / n_micro
             loss.backward()
