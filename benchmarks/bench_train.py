@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=PRESETS["tiny"]["batch_size"])
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--optimizer", default=PRESETS["tiny"]["optimizer"], choices=["muon", "adamw"])
-    ap.add_argument("--compile", action="store_true", help="also time pocketchat with torch.compile")
+    ap.add_argument("--compile", action="store_true", help="also time both with torch.compile")
     args = ap.parse_args()
 
     config = tiny_config()
@@ -76,32 +76,33 @@ def main() -> None:
             model.compile()
         return model, lm_loss, optimizer(model)
 
-    def theirs():
+    def theirs(compiled: bool):
         import transformers
 
         hf_cfg = transformers.LlamaConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures", "torch_dtype")})
         model = transformers.LlamaForCausalLM(hf_cfg)
         model.config._attn_implementation = "sdpa"
+        if compiled:
+            model.compile()
         return model, lambda m, b: m(input_ids=b["input_ids"], labels=b["input_ids"]).loss, optimizer(model)
 
     flops_per_token = CausalLM(config).flops_per_token(T)
-    candidates = [("pocketchat", lambda: ours(False))]
-    if args.compile:
-        candidates.append(("pocketchat + torch.compile", lambda: ours(True)))
-    candidates.append(("transformers LlamaForCausalLM", theirs))
-    for name, build in candidates:
-        model, loss_fn, opt = build()
-        seconds = time_steps(make_step(model, loss_fn, batch, amp, opt), args.steps)
-        rows.append((name, tokens / seconds, tokens / seconds * flops_per_token / peak))
+    modes = [False, True] if args.compile else [False]
+    for compiled in modes:
+        suffix = " + torch.compile" if compiled else ""
+        for name, build in (("pocketchat", ours), ("transformers LlamaForCausalLM", theirs)):
+            model, loss_fn, opt = build(compiled)
+            seconds = time_steps(make_step(model, loss_fn, batch, amp, opt), args.steps)
+            rows.append((name + suffix, tokens / seconds, tokens / seconds * flops_per_token / peak))
 
     dtype = "bf16 autocast" if amp else "fp32"
     print(f"\ntiny config: {CausalLM(config).num_params() / 1e6:.2f} M non-embedding params, batch {args.batch} x {T}, "
           f"{dtype}, {args.optimizer}, {torch.get_num_threads()} threads; measured matmul peak {peak / 1e9:.0f} GFLOP/s\n")
-    print(f"| {'implementation':<32} | {'tokens/s':>9} | {'MFU':>5} | {'vs transformers':>15} |")
-    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 7}|{'-' * 17}|")
-    base = rows[-1][1]
-    for name, tps, mfu in rows:
-        print(f"| {name:<32} | {tps:>9,.0f} | {mfu:>5.0%} | {tps / base:>14.2f}x |")
+    print(f"| {'implementation':<45} | {'tokens/s':>9} | {'MFU':>5} | {'vs transformers':>15} |")
+    print(f"|{'-' * 47}|{'-' * 11}|{'-' * 7}|{'-' * 17}|")
+    for i, (name, tps, mfu) in enumerate(rows):
+        base = rows[i - i % 2 + 1][1]  # rows come in (pocketchat, transformers) pairs, one pair per mode
+        print(f"| {name:<45} | {tps:>9,.0f} | {mfu:>5.0%} | {tps / base:>14.2f}x |")
 
 
 if __name__ == "__main__":

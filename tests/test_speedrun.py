@@ -38,3 +38,18 @@ def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_pat
     out = capsys.readouterr().out
     assert out.count("done earlier, skipped") == len(STAGES) - 1 and "[8/10] dpo\n" in out
     assert "dpo" in json.loads((run / "report.json").read_text())
+
+
+def test_the_run_ships_the_aligned_model_only_when_it_beats_sft(tmp_path):
+    from pocketchat.speedrun import final_model
+
+    for name in ("sft", "ppo", "grpo", "dpo"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    gold = {"ppo": 0.27, "grpo": 0.29, "dpo": 0.25}
+    report = {name: {"metrics": {"gold": g, "gold_sft": 0.30}} for name, g in gold.items()}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert final_model(tmp_path) == "sft"
+    report["grpo"]["metrics"]["gold"] = 0.35
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert final_model(tmp_path) == "grpo"

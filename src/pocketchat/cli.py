@@ -220,12 +220,13 @@ def cmd_merge(args, overrides) -> None:
 
 
 def cmd_speedrun(args, overrides) -> None:
-    from pocketchat.speedrun import speedrun
+    from pocketchat.speedrun import final_model, speedrun
 
     no_overrides(overrides)
     report = speedrun(args.preset, args.out)
-    final = next(Path(args.out) / f for f in ("ppo", "sft") if (Path(args.out) / f / "config.json").is_file())
+    final = Path(args.out) / final_model(Path(args.out))
     print(f"\nreport card: {report}")
+    print(f"the model it ships ({final.name}: the best held-out gold of SFT, PPO, GRPO and DPO): {final}")
     print(f"chat with the result:  pocketchat chat --model {final}")
     print(f"serve it (OpenAI API and web chat):  pocketchat serve --model {final}")
 

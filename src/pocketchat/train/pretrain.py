@@ -48,7 +48,7 @@ PRESETS: dict[str, dict] = {
     "smoke": dict(vocab_size=512, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, seq_len=128, batch_size=8, steps=40, warmup_steps=5, lr=3e-3,
                   eval_every=20, eval_batches=4, save_every=20, log_every=5),
-    # ~10 minutes on 2 CPU cores, data and tokenizer included (README has the measured bits per byte). Muon: the
+    # ~12 minutes on 2 CPU cores, data and tokenizer included (README has the measured bits per byte). Muon: the
     # same steps with AdamW leave the model unable to copy a number from its context.
     "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=6, num_attention_heads=8,
                  num_key_value_heads=4, seq_len=256, batch_size=32, steps=400, warmup_steps=30, lr=2e-3, optimizer="muon", compile=True,
