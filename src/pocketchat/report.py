@@ -16,7 +16,7 @@ STAGE_TITLES = {"pretrain": "Pretraining (base model)", "sft": "Supervised finet
                 "eval": "Task accuracy of the chat model", "compare": "Comparisons (programmatic labeler)",
                 "rm": "Reward model", "ppo": "RLHF: PPO on the reward model", "grpo": "RL: GRPO on the task checker",
                 "dpo": "DPO on the comparisons", "diversity": "Output diversity: base vs SFT vs RL",
-                "strategies": "Strategies on the final model"}
+                "strategies": "Strategies on the shipped model"}
 ALIGNMENT = ("ppo", "grpo", "dpo")
 
 
