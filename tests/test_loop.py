@@ -138,8 +138,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, mode):
 
 
 def test_compiled_training_step_matches_eager(tmp_path):
-    c = cfg(save_every=0)
-    train(tiny_model(), c, tmp_path / "eager", make_get_batch(8), info=CPU)
+    train(tiny_model(), cfg(save_every=0), tmp_path / "eager", make_get_batch(8), info=CPU)
     train(tiny_model(), cfg(save_every=0, compile=True), tmp_path / "compiled", make_get_batch(8), info=CPU)
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
 

@@ -51,8 +51,8 @@ PRESETS: dict[str, dict] = {
     # ~12 minutes on 2 CPU cores, data and tokenizer included (README has the measured bits per byte). Muon: the
     # same steps with AdamW leave the model unable to copy a number from its context.
     "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=6, num_attention_heads=8,
-                 num_key_value_heads=4, seq_len=256, batch_size=32, steps=400, warmup_steps=30, lr=2e-3, optimizer="muon", compile=True,
-                 eval_every=100, eval_batches=16, save_every=100, log_every=10),
+                 num_key_value_heads=4, seq_len=256, batch_size=32, steps=400, warmup_steps=30, lr=2e-3, optimizer="muon",
+                 compile=True, eval_every=100, eval_batches=16, save_every=100, log_every=10),
     # GPU presets (documented, not run in CI).
     "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
                   num_key_value_heads=4, seq_len=512, batch_size=64, steps=5000, warmup_steps=200, lr=1e-3,

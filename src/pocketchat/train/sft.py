@@ -41,8 +41,8 @@ PRESETS: dict[str, dict] = {
     "smoke": dict(steps=20, batch_size=8, seq_len=128, lr=1e-3, warmup_steps=2, eval_every=0, eval_batches=2,
                   save_every=0, log_every=5, eval_tasks="add2", eval_styles="direct", eval_n=10),
     # ~10 minutes on 2 CPU cores from the tiny base (the default speedrun runs 300 of the steps).
-    "tiny": dict(steps=600, batch_size=16, seq_len=256, lr=1e-3, optimizer="muon", compile=True, warmup_steps=30, min_lr_ratio=0.05,
-                 weight_decay=0.0, eval_every=300, eval_batches=8, save_every=200, log_every=10),
+    "tiny": dict(steps=600, batch_size=16, seq_len=256, lr=1e-3, optimizer="muon", compile=True, warmup_steps=30,
+                 min_lr_ratio=0.05, weight_decay=0.0, eval_every=300, eval_batches=8, save_every=200, log_every=10),
     "lora": dict(steps=200, batch_size=8, seq_len=256, lr=2e-3, warmup_steps=10, weight_decay=0.0, eval_every=100,
                  eval_batches=4, save_every=100, log_every=5, lora="r=8,alpha=16"),
 }
