@@ -90,19 +90,20 @@ def main() -> None:
     modes = [False, True] if args.compile else [False]
     for compiled in modes:
         suffix = " + torch.compile" if compiled else ""
+        pair = []
         for name, build in (("pocketchat", ours), ("transformers LlamaForCausalLM", theirs)):
             model, loss_fn, opt = build(compiled)
-            seconds = time_steps(make_step(model, loss_fn, batch, amp, opt), args.steps)
-            rows.append((name + suffix, tokens / seconds, tokens / seconds * flops_per_token / peak))
+            pair.append((name + suffix, tokens / time_steps(make_step(model, loss_fn, batch, amp, opt), args.steps)))
+        # the last column: against transformers in the same mode, eager or compiled
+        rows += [(name, tps, tps * flops_per_token / peak, tps / pair[1][1]) for name, tps in pair]
 
     dtype = "bf16 autocast" if amp else "fp32"
     print(f"\ntiny config: {CausalLM(config).num_params() / 1e6:.2f} M non-embedding params, batch {args.batch} x {T}, "
           f"{dtype}, {args.optimizer}, {torch.get_num_threads()} threads; measured matmul peak {peak / 1e9:.0f} GFLOP/s\n")
     print(f"| {'implementation':<45} | {'tokens/s':>9} | {'MFU':>5} | {'vs transformers':>15} |")
     print(f"|{'-' * 47}|{'-' * 11}|{'-' * 7}|{'-' * 17}|")
-    for i, (name, tps, mfu) in enumerate(rows):
-        base = rows[i - i % 2 + 1][1]  # rows come in (pocketchat, transformers) pairs, one pair per mode
-        print(f"| {name:<45} | {tps:>9,.0f} | {mfu:>5.0%} | {tps / base:>14.2f}x |")
+    for name, tps, mfu, ratio in rows:
+        print(f"| {name:<45} | {tps:>9,.0f} | {mfu:>5.0%} | {ratio:>14.2f}x |")
 
 
 if __name__ == "__main__":

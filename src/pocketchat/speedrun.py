@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pocketchat.config import apply_overrides
 from pocketchat.errors import UserError
-from pocketchat.report import read_metrics, read_report, render, update_report
+from pocketchat.report import ALIGNMENT, read_metrics, read_report, render, update_report
 
 ALIGN_TASKS = "add2,add,word"  # what comparisons, the RM, RL and DPO work on (and are measured on)
 
@@ -217,7 +217,7 @@ def final_model(run: Path) -> str:
     """The folder the run ships: the aligned model (PPO, GRPO or DPO) with the best held-out gold, if it beats the
     SFT model on the same eval; otherwise the SFT model. Alignment that makes the assistant worse does not ship."""
     report = read_report(run) if (run / "report.json").is_file() else {}
-    metrics = {name: report[name]["metrics"] for name in ("ppo", "grpo", "dpo") if name in report}
+    metrics = {name: report[name]["metrics"] for name in ALIGNMENT if name in report}
     best, best_gold = "sft", next((m["gold_sft"] for m in metrics.values() if "gold_sft" in m), float("-inf"))
     for name, m in metrics.items():
         if m.get("gold", float("-inf")) > best_gold and (run / name / "config.json").is_file():
