@@ -14,7 +14,8 @@ from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig, RewardModel
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train.loop import CHECKPOINT
-from pocketchat.train.rl import RLConfig, RLPrompt, RLTrainer, fit, make_rollout, model_reward, token_logprobs
+from pocketchat.train.rl import (RLConfig, RLPrompt, RLTrainer, fit, make_rollout, model_reward, select_cells,
+                                 token_logprobs)
 from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
                                       kl_estimate, update_moments)
 
@@ -281,3 +282,45 @@ def test_config_errors_name_the_setting(tok):
         RLTrainer(toy_cfg(algo="ppo"), policy, tok, copy_of(policy), contains({1}))
     with pytest.raises(UserError, match="kl_estimator"):
         RLTrainer(toy_cfg(kl_estimator="k2"), policy, tok, copy_of(policy), contains({1}))
+
+
+# ---- where the policy can learn: the pass-rate filter and dynamic sampling ----------------------------------------
+
+def test_select_cells_keeps_the_cells_with_room_to_learn():
+    rates = [{"task": "add2", "style": "tool", "pass_rate": 1.0}, {"task": "add2", "style": "direct", "pass_rate": 0.0},
+             {"task": "units", "style": "direct", "pass_rate": 0.3}, {"task": "units", "style": "tool", "pass_rate": 0.9}]
+    assert select_cells(rates, 0.1, 0.9) == [("units", "direct"), ("units", "tool")]
+    assert select_cells(rates, 0.0, 1.0) == [(r["task"], r["style"]) for r in rates]
+    with pytest.raises(UserError, match=r"no task/style cell.*add2/tool 1.00.*units/direct 0.30"):
+        select_cells(rates, 0.4, 0.8)
+
+
+def test_dynamic_sampling_trains_only_on_groups_that_disagree(tok):
+    """Prompt "go" always scores 1 and "hi" always 0; the others score by a digit. With dynamic sampling the
+    update sees only groups whose samples differ, drawn from further rounds when the first falls short."""
+    has_digit = contains(digits(tok))
+    fixed = {"go": 1.0, "hi": 0.0}
+
+    def reward(ro):
+        rolled = has_digit(ro)
+        return torch.tensor([fixed.get(q, float(r)) for q, r in zip(questions_of(tok, ro), rolled)])
+
+    policy = tiny_lm(tok)
+    trainer = RLTrainer(toy_cfg(dynamic_sampling=True, max_rollout_rounds=4, max_tokens=12), policy, tok,
+                        copy_of(policy), reward)
+    seen = []
+    update = trainer.update
+    trainer.update = lambda step, ro, *rest: seen.append(ro) or update(step, ro, *rest)
+    more = lambda rnd: prompts(tok, ("tell me a story", "what now", "go", "hi"))
+    m = trainer.step(0, prompts(tok, ("go", "hi", "go", "hi")), more)
+    assert m["groups_informative"] < 1 and m["rollout_rounds"] >= 2
+    ro = seen[0]
+    assert set(questions_of(tok, ro)) <= {"tell me a story", "what now"}
+    groups = reward(ro).view(-1, 4)
+    assert ((groups.max(1).values - groups.min(1).values) > 0).all()
+    assert m["reward"] == pytest.approx(0.5)  # round 0 as sampled: two groups at 1, two at 0
+
+
+def questions_of(tok, ro) -> list[str]:
+    return [next(q for q in ("hi", "tell me a story", "what now", "go") if p.ids == prompts(tok, (q,))[0].ids)
+            for p in ro.prompts]

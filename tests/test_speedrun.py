@@ -17,9 +17,15 @@ def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_pat
     m = {name: r["metrics"] for name, r in report.items()}
     assert m["pretrain"]["val_bpb"] > 0 and m["compare"]["train_pairs"] > 0 and m["compare"]["test_pairs"] > 0
     assert 0 <= m["rm"]["accuracy"] <= 1 and m["rm"]["reward_std"] > 0
-    for name in ("ppo", "grpo"):  # RL measures the SFT model first, then the policy, on the same eval
+    for name in ("ppo", "grpo", "dpo"):  # each aligned model against the SFT model on the same held-out instances
+        assert {"accuracy", "accuracy_sft", "gold", "gold_sft", "n", "p_accuracy", "p_gold"} <= set(m[name])
         assert 0 <= m[name]["gold_sft"] <= 1 and 0 <= m[name]["gold"] <= 1 and m[name]["kl"] == m[name]["kl"]
-    assert 0 <= m["dpo"]["pref_accuracy"] <= 1 and "gold" in m["dpo"]
+        assert 0 <= m[name]["p_accuracy"] <= 1 and 0 <= m[name]["p_gold"] <= 1
+        assert m[name]["accuracy_diff_ci"][0] <= m[name]["accuracy"] - m[name]["accuracy_sft"] <= m[name]["accuracy_diff_ci"][1] + 1e-9
+    probe = json.loads((run / "compare" / "probe.json").read_text())  # the cells alignment works on
+    assert [(c["task"], c["style"], c["kept"]) for c in probe["cells"]] == [("add2", "direct", True)]
+    assert m["ppo"]["n"] == m["grpo"]["n"] == m["dpo"]["n"] == 6  # report_n x that one cell
+    assert 0 <= m["dpo"]["pref_accuracy"] <= 1
     assert {r["model"] for r in report["diversity"]["results"]} == {"base", "sft", "ppo", "grpo", "dpo"}
     assert {r["strategy"] for r in report["strategies"]["results"]} == {"direct", "cot", "sc", "tool"}
     for folder in ("base", "sft", "rm", "ppo", "grpo", "dpo"):  # every model is a Hugging Face folder
@@ -46,10 +52,13 @@ def test_the_run_ships_the_aligned_model_only_when_it_beats_sft(tmp_path):
     for name in ("sft", "ppo", "grpo", "dpo"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
-    gold = {"ppo": 0.27, "grpo": 0.29, "dpo": 0.25}
-    report = {name: {"metrics": {"gold": g, "gold_sft": 0.30}} for name, g in gold.items()}
+    # The choice is made on the "select" part only: the report part's figures (gold) play no role.
+    select = {"ppo": 0.27, "grpo": 0.29, "dpo": 0.25}
+    report = {name: {"metrics": {"select_gold": g, "select_gold_sft": 0.30, "gold": 0.9, "gold_sft": 0.1}}
+              for name, g in select.items()}
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert final_model(tmp_path) == "sft"
-    report["grpo"]["metrics"]["gold"] = 0.35
+    report["grpo"]["metrics"]["select_gold"] = 0.35
+    report["dpo"]["metrics"] |= {"select_gold": 0.33, "select_gold_sft": 0.20}  # the largest gain over its SFT baseline
     (tmp_path / "report.json").write_text(json.dumps(report))
-    assert final_model(tmp_path) == "grpo"
+    assert final_model(tmp_path) == "dpo"

@@ -27,7 +27,8 @@ from pocketchat.chat import render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
 from pocketchat.labeler import ProgrammaticLabeler
-from pocketchat.tasks import check, get_task, prompt_messages
+from pocketchat.stats import paired_test
+from pocketchat.tasks import Example, check, get_task, prompt_messages
 
 EVAL_MAX_TOKENS = 160
 MICRO_BATCH = 16  # sequences per teacher-forced forward pass: bounds the [B, T, vocab] logits in memory
@@ -50,22 +51,44 @@ def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     return torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-@torch.no_grad()
-def policy_eval(engine: Engine, ref_model: nn.Module, tasks: Sequence[str], styles: Sequence[str], n: int, seed: int,
-                max_tokens: int = EVAL_MAX_TOKENS) -> dict[str, float]:
-    """gold, accuracy, kl, entropy, length and ended (see the module docstring), each a mean over n test
-    instances of every task, asked in every style."""
-    labeler = ProgrammaticLabeler(seed)
-    cases = [(e, s) for t in tasks for e in get_task(t).generate("test", n, seed) for s in styles]
+Cell = tuple[str, str]  # (task, style)
+
+
+def cells_of(tasks: Sequence[str], styles: Sequence[str]) -> list[Cell]:
+    """Every task asked in every style."""
+    return [(t, s) for t in tasks for s in styles]
+
+
+def held_out_cases(cells: Sequence[Cell], n: int, seed: int, part: str) -> list[tuple[Example, str]]:
+    """n instances per (task, style) cell from one held-out part ("select" or "report", see
+    `tasks.held_out_part`), in a fixed order: the same cases for every model, so results pair up."""
+    cases = [(e, s) for t, s in cells for e in get_task(t).held_out(part, n, seed)]
     if not cases:
-        raise UserError("policy_eval needs at least one task, one style and n >= 1")
+        raise UserError("the alignment eval needs at least one task and style and n >= 1")
+    return cases
+
+
+@torch.no_grad()
+def sample_cases(engine: Engine, cases: Sequence[tuple[Example, str]], seed: int, max_tokens: int = EVAL_MAX_TOKENS,
+                 temperature: float = 1.0) -> tuple[list[list[int]], list[Completion]]:
+    """(prompt ids, completion) per case. Case i is sampled with seed (seed, i) whatever the model, so two
+    models are compared on the same instances and the same random draws."""
     prompts = [render_prompt(engine.tokenizer, prompt_messages(e, s)) for e, s in cases]
-    params = [SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=seed * 100_003 + i, tools=s == "tool")
+    params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed * 100_003 + i, tools=s == "tool")
               for i, (_, s) in enumerate(cases)]
-    completions = engine.generate(prompts, params)
+    return prompts, engine.generate(prompts, params)
 
+
+@torch.no_grad()
+def policy_eval(engine: Engine, ref_model: nn.Module, cells: Sequence[Cell], n: int, seed: int,
+                max_tokens: int = EVAL_MAX_TOKENS, part: str = "select") -> dict[str, float]:
+    """gold, accuracy, kl, entropy, length and ended (see the module docstring), each a mean over n held-out
+    instances of every (task, style) cell. Evals while training use the "select" part; the report's
+    figures come from `paired_eval` on the "report" part."""
+    labeler = ProgrammaticLabeler(seed)
+    cases = held_out_cases(cells, n, seed, part)
+    prompts, completions = sample_cases(engine, cases, seed, max_tokens)
     kl, entropy = sampled_token_stats(engine, prompts, completions, ref_model)
-
     count = len(cases)
     return {
         "gold": sum(labeler.gold_score(e, s, c) for (e, s), c in zip(cases, completions)) / count,
@@ -75,6 +98,60 @@ def policy_eval(engine: Engine, ref_model: nn.Module, tasks: Sequence[str], styl
         "length": sum(sum(not f for f in c.forced) for c in completions) / count,
         "ended": sum(c.finish_reason == "stop" for c in completions) / count,
     }
+
+
+def grade(cases: Sequence[tuple[Example, str]], completions: Sequence[Completion], seed: int) -> list[dict]:
+    """One record per case: correct (the task checker), gold (the labeler's score), the completion text."""
+    labeler = ProgrammaticLabeler(seed)
+    return [{"task": e.task, "style": s, "question": e.question, "answer": e.answer, "completion": c.text,
+             "correct": bool(check(e, c.text)), "gold": labeler.gold_score(e, s, c)}
+            for (e, s), c in zip(cases, completions)]
+
+
+@torch.no_grad()
+def paired_eval(engine: Engine, ref_model: nn.Module, cells: Sequence[Cell], n: int, seed: int,
+                baseline: list[dict] | None = None, temperature: float = 1.0, max_tokens: int = EVAL_MAX_TOKENS,
+                examples: int = 3) -> dict:
+    """The aligned policy against the SFT model (ref_model) on the "report" part: the same n instances per task
+    cell, the same seeds. Returns metrics (accuracy, accuracy_sft, gold, gold_sft, n, p_accuracy, p_gold,
+    the 95% CIs of the differences; at temperature 1 also kl, entropy, length, ended), per-cell rows, and a few
+    instances where one model was right and the other wrong. `baseline` takes the SFT model's graded records
+    on the same cases when another stage already computed them (they depend only on the SFT model and the cases)."""
+    cases = held_out_cases(cells, n, seed, "report")
+    if baseline is None:
+        _, sft_completions = sample_cases(Engine(ref_model, engine.tokenizer), cases, seed, max_tokens, temperature)
+        baseline = grade(cases, sft_completions, seed)
+    if len(baseline) != len(cases):
+        raise UserError(f"paired_eval: baseline has {len(baseline)} records for {len(cases)} cases")
+    prompts, completions = sample_cases(engine, cases, seed, max_tokens, temperature)
+    policy = grade(cases, completions, seed)
+    extra = {}
+    if temperature == 1.0:  # the KL estimate is unbiased only for samples of the policy itself
+        kl, entropy = sampled_token_stats(engine, prompts, completions, ref_model)
+        extra = {"kl": sum(kl) / len(kl), "entropy": sum(entropy) / len(entropy),
+                 "length": sum(sum(not f for f in c.forced) for c in completions) / len(completions),
+                 "ended": sum(c.finish_reason == "stop" for c in completions) / len(completions)}
+    acc = paired_test([r["correct"] for r in baseline], [r["correct"] for r in policy])
+    gold = paired_test([r["gold"] for r in baseline], [r["gold"] for r in policy])
+    metrics = {"n": len(cases), "accuracy": acc.mean_b, "accuracy_sft": acc.mean_a, "p_accuracy": acc.p,
+               "accuracy_diff_ci": [acc.ci_low, acc.ci_high], "gold": gold.mean_b, "gold_sft": gold.mean_a,
+               "p_gold": gold.p, "gold_diff_ci": [gold.ci_low, gold.ci_high], "temperature": temperature}
+    metrics |= extra
+    rows = []
+    for task, style in cells:
+        idx = [i for i, (e, s) in enumerate(cases) if e.task == task and s == style]
+        cell = paired_test([baseline[i]["correct"] for i in idx], [policy[i]["correct"] for i in idx])
+        rows.append({"task": task, "style": style, **cell.as_dict()})
+    fixed = [(b, p) for b, p in zip(baseline, policy) if p["correct"] and not b["correct"]]
+    broken = [(b, p) for b, p in zip(baseline, policy) if b["correct"] and not p["correct"]]
+    return {"metrics": metrics, "cells": rows, "baseline": baseline,
+            "fixed": [_pair_example(b, p) for b, p in fixed[:examples]],
+            "broken": [_pair_example(b, p) for b, p in broken[:examples]]}
+
+
+def _pair_example(sft: dict, policy: dict) -> dict:
+    return {"task": sft["task"], "style": sft["style"], "question": sft["question"], "answer": sft["answer"],
+            "sft": sft["completion"], "aligned": policy["completion"]}
 
 
 @torch.no_grad()

@@ -81,17 +81,20 @@ RIGHT_AXIS = {"ppo": ("gold", "eval/gold"), "grpo": ("gold", "eval/gold"), "dpo"
 
 
 def alignment_table(report: dict) -> str | None:
-    """SFT vs each alignment method on the same held-out eval (gold = the programmatic labeler's score)."""
-    rows = [(name, report[name]["metrics"]) for name in ALIGNMENT if "gold" in report.get(name, {}).get("metrics", {})]
+    """Each alignment method against the SFT model on the same held-out instances and seeds (see
+    `alignment_eval.paired_eval`): accuracy and gold, the paired difference with its 95% CI and p-value."""
+    rows = [(name, report[name]["metrics"]) for name in ALIGNMENT if "p_gold" in report.get(name, {}).get("metrics", {})]
     if not rows:
         return None
-    lines = ["| model | gold | task accuracy | KL to SFT | token entropy | length | ended |", "|---|---|---|---|---|---|---|"]
-    baseline = next((m for _, m in rows if "gold_sft" in m), None)
-    if baseline:
-        lines.append(f"| sft | {baseline['gold_sft']:.3f} | {baseline['accuracy_sft']:.1%} | 0 | | | |")
+    lines = ["| method | n | accuracy: SFT → aligned | Δ [95% CI] | p | gold: SFT → aligned | Δ [95% CI] | p | "
+             "KL to SFT | entropy | length |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in rows:
-        lines.append(f"| {name} | {m['gold']:.3f} | {m['accuracy']:.1%} | {m['kl']:.3f} | {m['entropy']:.3f} | "
-                     f"{m['length']:.1f} | {m['ended']:.0%} |")
+        (al, ah), (gl, gh) = m["accuracy_diff_ci"], m["gold_diff_ci"]
+        lines.append(f"| {name} | {m['n']} | {m['accuracy_sft']:.1%} → {m['accuracy']:.1%} | "
+                     f"{m['accuracy'] - m['accuracy_sft']:+.1%} [{al:+.1%}, {ah:+.1%}] | {m['p_accuracy']:.2g} | "
+                     f"{m['gold_sft']:.3f} → {m['gold']:.3f} | {m['gold'] - m['gold_sft']:+.3f} [{gl:+.3f}, {gh:+.3f}] | "
+                     f"{m['p_gold']:.2g} | {m.get('kl', float('nan')):.2f} | {m.get('entropy', float('nan')):.3f} | "
+                     f"{m.get('length', float('nan')):.1f} |")
     return "\n".join(lines)
 
 
@@ -108,8 +111,11 @@ def render(run: str | Path) -> Path:
     table = alignment_table(report)
     if table:
         lines += ["", "## Alignment: SFT vs PPO vs GRPO vs DPO", "",
-                  "Held-out prompts of the alignment tasks, one sample each at temperature 1; gold is the programmatic "
-                  "labeler's score in [0, 1] (correct, then format, ended, polite, concise).", "", table]
+                  "Each method against the SFT model on the same held-out instances of the cells it trained on (the "
+                  "\"report\" part of the test split; the shipped model was chosen on the disjoint \"select\" part), one "
+                  "sample each at temperature 1 with the same seed for both models. Gold is the programmatic labeler's "
+                  "score in [0, 1] (correct, then format, ended, polite, concise). p: McNemar's exact test for accuracy, "
+                  "the paired t-test for gold, both two-sided.", "", table]
     for stage, r in sorted(report.items(), key=lambda item: list(STAGE_TITLES).index(item[0]) if item[0] in STAGE_TITLES else 99):
         lines += ["", f"## {STAGE_TITLES.get(stage, stage)}", ""]
         if r.get("path"):

@@ -9,6 +9,8 @@ continues where it stopped.
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from pocketchat.config import apply_overrides
 from pocketchat.errors import UserError
 from pocketchat.report import ALIGNMENT, read_metrics, read_report, render, update_report
 
-ALIGN_TASKS = "add2,add,word"  # what comparisons, the RM, RL and DPO work on (and are measured on)
+# The SFT eval table's tasks; the compare stage picks the cells (task x style) that alignment works on from these.
+EVAL_TASKS = "add2,add,mul,word,count_letters,sort_list,units"
 
 # Per stage: the stage's own preset plus overrides. `default` is the ~25-minute CPU run, `smoke` CI's, and `full`
 # every stage at its own `tiny` preset (~50 minutes on 2 CPU cores).
@@ -25,11 +28,15 @@ PRESETS: dict[str, dict[str, dict]] = {
         "pretrain": {"preset": "smoke"},
         "sft": {"preset": "smoke", "seq_len": 128},
         "eval": {"n": 5, "tasks": "add2,word", "styles": "direct,cot,tool"},
-        "compare": {"n": 48, "test_n": 24, "k": 4, "tasks": "add2", "styles": "direct", "max_tokens": 24},
+        # pass_min 0: a smoke model passes nothing, but the probe still runs
+        "compare": {"n": 48, "test_n": 24, "k": 4, "tasks": "add2", "styles": "direct", "max_tokens": 24, "probe_n": 2,
+                    "probe_samples": 2, "pass_min": 0.0, "pass_max": 1.0},
         "rm": {"preset": "smoke", "steps": 8, "seq_len": 128},
-        "ppo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4},
-        "grpo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4},
-        "dpo": {"preset": "smoke", "steps": 4, "seq_len": 128, "eval_n": 4, "eval_tasks": "add2", "eval_styles": "direct"},
+        "ppo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "select_n": 4, "report_n": 6},
+        "grpo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "dynamic_sampling": True, "select_n": 4,
+                 "report_n": 6},
+        "dpo": {"preset": "smoke", "steps": 4, "seq_len": 128, "eval_n": 4, "eval_tasks": "add2", "eval_styles": "direct",
+                "select_n": 4, "report_n": 6},
         "diversity": {"prompts": 4, "samples": 3, "max_tokens": 16},
         "strategies": {"n": 3, "tasks": "add2", "strategies": "direct,cot,sc,tool", "sc_n": 3, "max_tokens": 48},
     },
@@ -38,26 +45,31 @@ PRESETS: dict[str, dict[str, dict]] = {
         # right (it miscopies the numbers from the question; copying emerges late in pretraining).
         "pretrain": {"preset": "tiny", "steps": 300, "eval_every": 150},
         "sft": {"preset": "tiny", "steps": 300, "eval_every": 150, "save_every": 100},
-        "eval": {"n": 30, "tasks": "add2,add,mul,word,count_letters,sort_list,units", "styles": "direct,cot,tool"},
-        "compare": {"n": 300, "test_n": 100, "k": 4, "tasks": ALIGN_TASKS, "styles": "direct,cot,tool", "max_tokens": 96},
+        "eval": {"n": 30, "tasks": EVAL_TASKS, "styles": "direct,cot,tool"},
+        "compare": {"n": 300, "test_n": 100, "k": 4, "tasks": EVAL_TASKS, "styles": "direct,cot,tool", "max_tokens": 128,
+                    "probe_n": 16, "probe_samples": 4, "pass_min": 0.1, "pass_max": 0.9},
         "rm": {"preset": "tiny", "steps": 150},
-        "ppo": {"preset": "tiny", "tasks": ALIGN_TASKS, "steps": 25, "batch_size": 16, "minibatch_size": 8,
-                "eval_every": 0, "eval_n": 15},
-        "grpo": {"preset": "tiny", "tasks": ALIGN_TASKS, "steps": 25, "batch_size": 16, "minibatch_size": 8,
-                 "eval_every": 0, "eval_n": 15},
-        "dpo": {"preset": "tiny", "steps": 30, "eval_tasks": ALIGN_TASKS, "eval_n": 15},  # the same eval as RL's
+        # RL on the cells the compare stage chose, with 128 completion tokens (a calculator answer takes ~64, and one
+        # cut off is penalised as unfinished); judged on 200 held-out instances per cell (the "report" part), shipped
+        # on 50 others (the "select" part). GRPO drops the groups whose samples agree (DAPO's dynamic sampling).
+        "ppo": {"preset": "tiny", "steps": 25, "batch_size": 32, "minibatch_size": 16, "max_tokens": 128, "lr": 2e-5,
+                "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200},
+        "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 25, "batch_size": 32, "minibatch_size": 16,
+                 "max_tokens": 128, "lr": 3e-5, "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200},
+        "dpo": {"preset": "tiny", "steps": 30, "eval_n": 0, "select_n": 50, "report_n": 200},
         "diversity": {"prompts": 12, "samples": 4, "max_tokens": 48},
         "strategies": {"n": 15, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
     },
     "full": {
         "pretrain": {"preset": "tiny"},
         "sft": {"preset": "tiny"},
-        "eval": {"n": 50, "tasks": "add2,add,mul,word,count_letters,sort_list,units", "styles": "direct,cot,tool"},
-        "compare": {"n": 600, "test_n": 150, "k": 4, "tasks": ALIGN_TASKS, "styles": "direct,cot,tool", "max_tokens": 96},
+        "eval": {"n": 50, "tasks": EVAL_TASKS, "styles": "direct,cot,tool"},
+        "compare": {"n": 600, "test_n": 150, "k": 4, "tasks": EVAL_TASKS, "styles": "direct,cot,tool", "max_tokens": 128,
+                    "probe_n": 32, "probe_samples": 4, "pass_min": 0.1, "pass_max": 0.9},
         "rm": {"preset": "tiny"},
-        "ppo": {"preset": "tiny", "tasks": ALIGN_TASKS},
-        "grpo": {"preset": "tiny", "tasks": ALIGN_TASKS},
-        "dpo": {"preset": "tiny", "eval_tasks": ALIGN_TASKS, "eval_n": 50},  # the same eval as RL's
+        "ppo": {"preset": "tiny", "max_tokens": 128, "select_n": 50, "report_n": 200},
+        "grpo": {"preset": "tiny", "dynamic_sampling": True, "max_tokens": 128, "select_n": 50, "report_n": 200},
+        "dpo": {"preset": "tiny", "eval_n": 0, "select_n": 50, "report_n": 200},
         "diversity": {"prompts": 24, "samples": 4, "max_tokens": 64},
         "strategies": {"n": 40, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
     },
@@ -120,22 +132,47 @@ def stage_eval(run: Path, spec: dict) -> dict:
 
 def stage_compare(run: Path, spec: dict) -> dict:
     """The contractor step, by the programmatic labeler: k samples of the SFT model per prompt, ranked. Train
-    prompts for the RM and DPO; prompts of the test split for the RM's held-out accuracy."""
+    prompts for the RM and DPO; prompts of the held-out "select" part for the RM's held-out accuracy.
+
+    First, which prompts: the SFT model's pass rate per task and style at temperature 1, and only the cells
+    between pass_min and pass_max (compare/probe.json). There its samples are sometimes right and sometimes
+    wrong, so the comparisons teach the RM what a right answer is, and PPO, GRPO and DPO train where the policy
+    can still learn. Every alignment stage works on these cells and is judged on them."""
     from pocketchat.labeler import write_comparisons
-    from pocketchat.tasks import mixture
+    from pocketchat.tasks import get_task
+    from pocketchat.train.rl import probe_pass_rates, select_cells
 
     engine, out = _engine(run / "sft"), run / "compare"
-    tasks, styles = spec["tasks"].split(","), spec["styles"].split(",")
-    metrics = {}
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [(t, s) for t in spec["tasks"].split(",") for s in spec["styles"].split(",")]
+    rates = probe_pass_rates(engine, cells, spec["probe_n"], spec["probe_samples"], 0, spec["max_tokens"])
+    cells = select_cells(rates, spec["pass_min"], spec["pass_max"])
+    for r in rates:
+        r["kept"] = (r["task"], r["style"]) in cells
+    (out / "probe.json").write_text(json.dumps({"pass_min": spec["pass_min"], "pass_max": spec["pass_max"],
+                                                "cells": rates}, indent=1) + "\n")
+    metrics = {"cells": len(cells)}
     for split, n in (("train", spec["n"]), ("test", spec["test_n"])):
-        cases = mixture(split, -(-n // len(tasks)), seed=0, styles=styles, tasks=tasks)[:n]
-        stats = write_comparisons(engine, cases, spec["k"], out / f"{split}.jsonl", seed=0 if split == "train" else 1,
+        per_cell = -(-n // len(cells))
+        if split == "train":
+            cases = [(e, s) for t, s in cells for e in get_task(t).generate("train", per_cell, 0)]
+        else:
+            cases = [(e, s) for t, s in cells for e in get_task(t).held_out("select", per_cell, 0)]
+        random.Random(f"compare/{split}").shuffle(cases)
+        stats = write_comparisons(engine, cases[:n], spec["k"], out / f"{split}.jsonl", seed=0 if split == "train" else 1,
                                   max_tokens=spec["max_tokens"])
         metrics |= {f"{split}_pairs": stats.pairs, f"{split}_prompts": stats.prompts}
     if not metrics["train_pairs"]:
         raise UserError(f"{out}: every sample ties under the labeler, so there is nothing to compare; "
                         "train the SFT model longer")
-    return {"path": str(out), "metrics": metrics}
+    table = "\n".join(["| task | style | pass rate (temperature 1) | aligned on it |", "|---|---|---|---|"] +
+                      [f"| {r['task']} | {r['style']} | {r['pass_rate']:.0%} | {'yes' if r['kept'] else ''} |" for r in rates])
+    return {"path": str(out), "metrics": metrics, "table": table}
+
+
+def alignment_cells(run: Path) -> list[tuple[str, str]]:
+    """The task/style cells the compare stage chose: what PPO, GRPO and DPO train on and are judged on."""
+    return [(r["task"], r["style"]) for r in json.loads((run / "compare" / "probe.json").read_text())["cells"] if r["kept"]]
 
 
 def comparison_files(run: Path) -> tuple[str, str]:
@@ -155,27 +192,49 @@ def stage_rm(run: Path, spec: dict) -> dict:
 
 
 # ---- stage 4: RL (PPO on the RM, GRPO on the task checker) and DPO ---------------------------------------------
+#
+# Each aligned model is judged twice, on disjoint parts of the test split (`tasks.held_out_part`): on the
+# "select" part to decide whether it ships (`final_model`), and on the "report" part, paired with the SFT model
+# on the same instances and seeds, for the figures the report card shows (`alignment_eval.paired_eval`).
 
-def alignment_metrics(records: list[dict], prefix: str = "") -> dict:
-    """The final policy on the shared held-out alignment eval (`alignment_eval.policy_eval`), and the SFT
-    model's numbers when the stage measured them before its first update (RL's step-0 eval)."""
-    records = [r for r in records if prefix + "gold" in r]
-    out = {k: records[-1][prefix + k] for k in ("gold", "accuracy", "kl", "entropy", "length", "ended")}
-    if records[0]["step"] == 0:
-        out |= {"gold_sft": records[0][prefix + "gold"], "accuracy_sft": records[0][prefix + "accuracy"]}
-    return out
+_sft_baselines: dict[tuple, list[dict]] = {}  # the SFT model's graded report samples, shared by the stages
+
+
+def judge(run: Path, policy_dir: Path, cells: list[tuple[str, str]], spec: dict) -> dict:
+    """Selection and report metrics of an aligned model against the SFT model (see above)."""
+    from pocketchat.alignment_eval import paired_eval, policy_eval
+    from pocketchat.lora import load_model
+
+    seed, select_n, report_n = spec.get("seed", 0), spec["select_n"], spec["report_n"]
+    sft = load_model(run / "sft").eval()
+    policy = _engine(policy_dir)
+    select = {"select_gold": policy_eval(policy, sft, cells, select_n, seed)["gold"],
+              "select_gold_sft": policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]}
+    key = (str(run), tuple(cells), report_n, seed)
+    result = paired_eval(policy, sft, cells, report_n, seed, baseline=_sft_baselines.get(key))
+    _sft_baselines[key] = result["baseline"]
+    header = ("| task | style | n | SFT | aligned | difference [95% CI] | won / lost | p |\n"
+              "|---|---|---|---|---|---|---|---|")
+    table = "\n".join([header] + [f"| {c['task']} | {c['style']} | {c['n']} | {c['mean_a']:.1%} | {c['mean_b']:.1%} | "
+                                  f"{c['diff']:+.1%} [{c['ci_low']:+.1%}, {c['ci_high']:+.1%}] | {c['wins']} / {c['losses']} | "
+                                  f"{c['p']:.2g} |" for c in result["cells"]])
+    samples = [f"{kind}: {x['task']} ({x['style']}), answer {x['answer']}\nuser: {x['question']}\nSFT: {x['sft']}\n"
+               f"aligned: {x['aligned']}" for kind in ("fixed", "broken") for x in result[kind]]
+    return {"metrics": result["metrics"] | select, "cells": result["cells"], "table": table, "samples": samples}
 
 
 def _stage_rl(run: Path, spec: dict, name: str, algo: str, reward: str) -> dict:
     from pocketchat.train.rl import PRESETS as P, RLConfig, run as rl
 
-    cfg = _config(RLConfig, P, spec)
+    cfg = _config(RLConfig, P, {k: v for k, v in spec.items() if k not in ("select_n", "report_n")})
     cfg.algo, cfg.reward = algo, reward
     if reward != "task":
         cfg.reward_norm = "stats"  # the RM's held-out mean/std, so the KL coefficient means the same for any RM
+    cells = alignment_cells(run)
+    cfg.cells = ",".join(f"{t}/{s}" for t, s in cells)
     out = run / name
     rl(cfg, run / "sft", out, resume=(out / "checkpoint.pt").exists())
-    return {"path": str(out), "metrics": alignment_metrics(read_metrics(out), "eval/")}
+    return {"path": str(out), **judge(run, out, cells, spec)}
 
 
 def stage_ppo(run: Path, spec: dict) -> dict:
@@ -189,12 +248,13 @@ def stage_grpo(run: Path, spec: dict) -> dict:
 def stage_dpo(run: Path, spec: dict) -> dict:
     from pocketchat.train.dpo import PRESETS as P, DPOConfig, run as dpo
 
-    cfg = _config(DPOConfig, P, spec)
+    cfg = _config(DPOConfig, P, {k: v for k, v in spec.items() if k not in ("select_n", "report_n")})
     cfg.data, cfg.eval_data = comparison_files(run)
     out = run / "dpo"
     last = _last_eval(dpo(cfg, run / "sft", out, resume=(out / "checkpoint.pt").exists()), out, "pref_accuracy")
-    metrics = {"pref_accuracy": last["pref_accuracy"]}
-    return {"path": str(out), "metrics": metrics | (alignment_metrics([last]) if "gold" in last else {})}
+    record = judge(run, out, alignment_cells(run), spec)
+    record["metrics"]["pref_accuracy"] = last["pref_accuracy"]
+    return {"path": str(out), **record}
 
 
 def stage_diversity(run: Path, spec: dict) -> dict:
@@ -214,14 +274,18 @@ def stage_diversity(run: Path, spec: dict) -> dict:
 
 
 def final_model(run: Path) -> str:
-    """The folder the run ships: the aligned model (PPO, GRPO or DPO) with the best held-out gold, if it beats the
-    SFT model on the same eval; otherwise the SFT model. Alignment that makes the assistant worse does not ship."""
+    """The folder the run ships: the aligned model (PPO, GRPO or DPO) with the best gold on the selection part
+    of the held-out instances, if it beats the SFT model there; otherwise the SFT model. The report's figures
+    come from the other part, so this choice never flatters them. Alignment that makes things worse doesn't ship."""
     report = read_report(run) if (run / "report.json").is_file() else {}
-    metrics = {name: report[name]["metrics"] for name in ALIGNMENT if name in report}
-    best, best_gold = "sft", next((m["gold_sft"] for m in metrics.values() if "gold_sft" in m), float("-inf"))
-    for name, m in metrics.items():
-        if m.get("gold", float("-inf")) > best_gold and (run / name / "config.json").is_file():
-            best, best_gold = name, m["gold"]
+    best, best_margin = "sft", 0.0
+    for name in ALIGNMENT:
+        m = report.get(name, {}).get("metrics", {})
+        if "select_gold" not in m or not (run / name / "config.json").is_file():
+            continue
+        margin = m["select_gold"] - m["select_gold_sft"]
+        if margin > best_margin:
+            best, best_margin = name, margin
     return best
 
 

@@ -9,12 +9,13 @@ construction (see base.py). Typical use:
     sft = [to_messages(e, style) for e, style in mixture("train", 1000, seed=0)]
 """
 
-from pocketchat.tasks.base import SPLITS, TEST_PERCENT, AnswerKind, Call, Example, Task, split_of
+from pocketchat.tasks.base import (HELD_OUT_PARTS, SPLITS, TEST_PERCENT, AnswerKind, Call, Example, Task, held_out_part,
+                                   split_of)
 from pocketchat.tasks.grading import check, extract_answer, format_ok, score
 from pocketchat.tasks.registry import STYLES, TASKS, get_task, mixture
 from pocketchat.tasks.render import prompt_messages, rendered_style, to_messages
 
 __all__ = [
-    "SPLITS", "STYLES", "TASKS", "TEST_PERCENT", "AnswerKind", "Call", "Example", "Task", "check", "extract_answer",
-    "format_ok", "get_task", "mixture", "prompt_messages", "rendered_style", "score", "split_of", "to_messages",
+    "HELD_OUT_PARTS", "SPLITS", "STYLES", "TASKS", "TEST_PERCENT", "AnswerKind", "Call", "Example", "Task", "check", "extract_answer",
+    "format_ok", "get_task", "held_out_part", "mixture", "prompt_messages", "rendered_style", "score", "split_of", "to_messages",
 ]

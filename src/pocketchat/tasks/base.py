@@ -19,6 +19,8 @@ from pocketchat.errors import UserError
 
 SPLITS = ("train", "test")
 TEST_PERCENT = 20  # share of each task's instance space that is held out for evaluation
+HELD_OUT_PARTS = ("select", "report")
+SELECT_PERCENT = 25  # share of the test split set aside for selection (see held_out_part)
 MAX_SPLIT_MISSES = 100_000  # consecutive draws of the wrong split before a task is declared broken
 STALE_DRAWS = 200  # consecutive repeated questions after which a split counts as used up
 
@@ -48,6 +50,14 @@ def split_of(key: str) -> str:
     """The split an instance belongs to. hashlib, not hash(): the assignment must never change."""
     bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100
     return "test" if bucket < TEST_PERCENT else "train"
+
+
+def held_out_part(key: str) -> str:
+    """Which part of the test split a test instance is in: "select" (choosing checkpoints and the model to ship,
+    evals during training) or "report" (the final figures). Disjoint by key, so a choice made on one part is
+    never graded on the instances it was made with."""
+    bucket = int.from_bytes(hashlib.sha256(f"part/{key}".encode()).digest()[:8], "big") % 100
+    return "select" if bucket < SELECT_PERCENT else "report"
 
 
 # -- answer kinds: how an answer is normalised before comparison, and what a bare answer looks like ------
@@ -129,3 +139,19 @@ class Task:
             seen.add(example.question)
             examples.append(example)
         return examples
+
+    def held_out(self, part: str, n: int, seed: int) -> list[Example]:
+        """n test instances of one held-out part ("select" or "report"), the same for the same (part, n, seed):
+        the test instances `generate` draws, in its order, keeping those of the part."""
+        if part not in HELD_OUT_PARTS:
+            raise UserError(f"task {self.name}: held-out part must be one of {', '.join(HELD_OUT_PARTS)}, got {part!r}")
+        draws = max(n, 1) * 2
+        while True:
+            drawn = self.generate("test", draws, seed)
+            kept = [e for e in drawn if held_out_part(e.key) == part]
+            if len(kept) >= n or draws >= 64 * max(n, 1):
+                break
+            draws *= 2
+        if len(kept) < n:
+            raise UserError(f"task {self.name}: only {len(kept)} {part} instances in {draws} test draws, {n} asked")
+        return kept[:n]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pocketchat.alignment_eval import policy_eval, token_logprobs
+from pocketchat.alignment_eval import cells_of, policy_eval, token_logprobs
 from pocketchat.chat import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
@@ -132,7 +132,7 @@ def run(cfg: DPOConfig, model_dir: str | Path, out: str | Path, resume: bool = F
     def evaluate(model: nn.Module) -> dict:
         record = preference_eval(model, val_data, ref_val, cfg.beta, cfg.eval_batch_size, info.device)
         if tasks and cfg.eval_n > 0:
-            record |= policy_eval(Engine(model, tokenizer), ref, tasks, styles, cfg.eval_n, cfg.seed)
+            record |= policy_eval(Engine(model, tokenizer), ref, cells_of(tasks, styles), cfg.eval_n, cfg.seed)
         return record
 
     def export(state: dict, path: Path) -> None:

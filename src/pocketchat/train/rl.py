@@ -35,7 +35,8 @@ from pocketchat.errors import UserError
 from pocketchat.hardware import autocast_dtype
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.model import CausalLM, RewardModel
-from pocketchat.tasks import Example, check, format_ok, mixture, prompt_messages
+from pocketchat.tasks import Example, check, format_ok, get_task, prompt_messages
+from pocketchat.tasks.registry import check_style
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
 from pocketchat.train.loop import MetricsLog, lr_factor, load_checkpoint, save_checkpoint
@@ -52,7 +53,14 @@ class RLConfig(TrainConfig):
     algo: str = "ppo"  # ppo | grpo
     reward: str = "task"  # "task" (task checker: 1 if right, + format_bonus if well formatted) or a reward-model folder
     tasks: str = "add2,add,word"  # training prompts: train-split instances of these tasks
-    styles: str = "direct,cot,tool"
+    styles: str = "direct,cot,tool"  # ... asked in these styles (a task x style is a "cell")
+    cells: str = ""  # instead of tasks x styles, these cells: "add2/tool,count_letters/direct"
+    probe_n: int = 0  # > 0: before training, sample probe_samples replies to probe_n train prompts per cell and
+    probe_samples: int = 4  # keep only the cells whose pass rate lies in [pass_min, pass_max] (0: train on all)
+    pass_min: float = 0.1  # below: the policy almost never succeeds, so its groups carry no signal
+    pass_max: float = 0.9  # above: nothing left to learn
+    dynamic_sampling: bool = False  # GRPO: drop groups whose samples all score the same and sample more prompts
+    max_rollout_rounds: int = 3  # dynamic sampling: rollouts per episode at most, to fill the batch
     train_prompts: int = 2000  # instances per task in the prompt pool
     group_size: int = 4  # samples per prompt (GRPO's group; PPO is fine with 1)
     max_tokens: int = 64  # completion tokens per sample, forced tool turns included
@@ -196,32 +204,71 @@ class RLTrainer:
 
     # ---- one episode ----------------------------------------------------------------------------------------
 
-    def rollout(self, step: int, prompts: list[RLPrompt]) -> Rollout:
-        """group_size samples of each prompt (consecutive rows), each with its own seed drawn from (seed, step)."""
+    def rollout(self, step: int, prompts: list[RLPrompt], round: int = 0) -> Rollout:
+        """group_size samples of each prompt (consecutive rows), each with its own seed drawn from (seed, step,
+        round)."""
         cfg = self.cfg
         prompts = [p for p in prompts for _ in range(cfg.group_size)]
-        rng = random.Random(f"rl-sample/{cfg.seed}/{step}")
+        rng = random.Random(f"rl-sample/{cfg.seed}/{step}" + (f"/{round}" if round else ""))
         params = [SamplingParams(temperature=1.0, max_tokens=cfg.max_tokens, logprobs=True, tools=p.tools,
                                  seed=rng.getrandbits(62)) for p in prompts]
         completions = self.engine.generate([p.ids for p in prompts], params)
         return make_rollout(prompts, completions, self.pad_id, self.device)
 
-    def step(self, step: int, prompts: list[RLPrompt]) -> dict:
-        """Run episode `step` on `prompts` (batch_size / group_size of them); return its metrics."""
+    def collect(self, step: int, prompts: list[RLPrompt], more_prompts: Callable[[int], list[RLPrompt]] | None
+                ) -> tuple[Rollout, Rollout, torch.Tensor, torch.Tensor, dict]:
+        """(samples to learn from, round 0's samples, round 0's raw scores, processed scores of the samples to
+        learn from, sampling stats). With dynamic sampling (DAPO), groups whose
+        processed scores are all equal are dropped (their advantages are 0: they would only dilute the update)
+        and more_prompts(round) supplies prompts for further rollouts until the batch is full of groups that
+        carry signal, or max_rollout_rounds is reached. The logged reward is round 0's: the policy as it is."""
+        cfg = self.cfg
+        ro = self.rollout(step, prompts)
+        with torch.no_grad(), self.autocast():
+            raw = self.reward_fn(ro).float().to(self.device)
+        scores = self.process_scores(raw, ro)
+        if not (cfg.dynamic_sampling and cfg.algo == "grpo"):
+            return ro, ro, raw, scores, {}
+        k, need = cfg.group_size, len(prompts)
+        kept: list[tuple[RLPrompt, Completion, float]] = []
+        sampled_groups = informative_groups = 0
+        first, first_scores, rnd = ro, scores, 0
+        while True:
+            groups = scores.view(-1, k)
+            informative = (groups.max(1).values - groups.min(1).values) > 1e-6
+            sampled_groups += len(informative)
+            informative_groups += int(informative.sum())
+            for g in informative.nonzero().flatten().tolist():
+                kept += [(ro.prompts[i], ro.completions[i], scores[i].item()) for i in range(g * k, (g + 1) * k)]
+            rnd += 1
+            if len(kept) >= need * k or rnd >= cfg.max_rollout_rounds or more_prompts is None:
+                break
+            ro = self.rollout(step, more_prompts(rnd), rnd)
+            with torch.no_grad(), self.autocast():
+                scores = self.process_scores(self.reward_fn(ro).float().to(self.device), ro)
+        stats = {"groups_informative": informative_groups / sampled_groups, "rollout_rounds": rnd}
+        if not kept:  # nothing to learn from this episode: update on round 0 (only the KL term acts)
+            return first, first, raw, first_scores, stats | {"groups_kept": 0.0}
+        kept = kept[: need * k]
+        stats["groups_kept"] = len(kept) / (need * k)
+        ro = make_rollout([p for p, _, _ in kept], [c for _, c, _ in kept], self.pad_id, self.device)
+        return ro, first, raw, torch.tensor([x for _, _, x in kept], device=self.device), stats
+
+    def step(self, step: int, prompts: list[RLPrompt], more_prompts: Callable[[int], list[RLPrompt]] | None = None) -> dict:
+        """Run episode `step` on `prompts` (batch_size / group_size of them); return its metrics. more_prompts(r)
+        gives the prompts of extra rollout round r (dynamic sampling)."""
         cfg = self.cfg
         if len(prompts) * cfg.group_size != cfg.batch_size:
             raise UserError(f"episode {step}: {len(prompts)} prompts x group_size {cfg.group_size} != batch_size {cfg.batch_size}")
         t0 = time.perf_counter()
-        ro = self.rollout(step, prompts)
+        ro, first, raw, scores, sampling = self.collect(step, prompts, more_prompts)
         t1 = time.perf_counter()
         mask = ro.mask
         with torch.no_grad(), self.autocast():
             old_logp, entropy = self._batched(lambda x, y: token_logprobs(self.policy, x, y), ro)
             ref_logp, _ = self._batched(lambda x, y: token_logprobs(self.ref, x, y), ro)
             old_values = self._batched(lambda x, y: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
-            raw = self.reward_fn(ro).float().to(self.device)
-            gold = self.gold_fn(ro).float() if self.gold_fn else None
-        scores = self.process_scores(raw, ro)
+            gold = self.gold_fn(first).float() if self.gold_fn else None
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_kind()) * mask
         seq_kl = kl.sum(1).mean().item()
         kl_coef = self.learner.kl_coef.item()
@@ -254,6 +301,7 @@ class RLTrainer:
             "ended": sum(c.finish_reason != "length" for c in ro.completions) / len(ro.completions),
             "logprob_gap": masked_mean((old_logp - ro.engine_logprobs).abs(), mask).item(),  # learner vs engine
             **stats,
+            **sampling,
             "lr": lr,
             "rollout_tokens_per_s": sampled / (t1 - t0),
             "update_tokens_per_s": processed / (t2 - t1),
@@ -330,12 +378,13 @@ class RLTrainer:
 
 # ---- the episode loop ------------------------------------------------------------------------------------------
 
-def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[[int], list[RLPrompt]], *,
+def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[..., list[RLPrompt]], *,
         evaluate: Callable[[CausalLM], dict] | None = None, export: Callable[[Path], None] | None = None,
         resume: bool = False) -> list[dict]:
     """Run episodes start..cfg.steps: metrics.jsonl every log_every episodes (means over the window), eval at
     the start, every eval_every and at the end, atomic checkpoints every save_every and at the end.
-    prompts_for(step) must be a pure function of step (exact resume). Returns the eval records."""
+    prompts_for(step) must be a pure function of step (exact resume); with dynamic sampling, prompts_for(step,
+    round) gives the prompts of the episode's further rollout rounds. Returns the eval records."""
     cfg, out = trainer.cfg, Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=trainer.device)
@@ -362,7 +411,8 @@ def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[[int], list[R
     window: dict[str, list[float]] = defaultdict(list)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"rl-{cfg.algo}", dynamic_ncols=True)
     for step in range(start, cfg.steps):
-        for k, v in trainer.step(step, prompts_for(step)).items():
+        more = (lambda rnd, step=step: prompts_for(step, rnd)) if cfg.dynamic_sampling else None
+        for k, v in trainer.step(step, prompts_for(step), more).items():
             window[k].append(v)
         done = step + 1
         bar.update(1)
@@ -390,13 +440,72 @@ def validate(cfg: RLConfig) -> None:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
     if cfg.algo == "grpo" and cfg.group_size < 2:
         raise UserError(f"grpo normalises rewards within groups: group_size must be >= 2, got {cfg.group_size}")
-    for key in ("group_size", "minibatch_size", "epochs", "max_tokens"):
+    for key in ("group_size", "minibatch_size", "epochs", "max_tokens", "probe_samples", "max_rollout_rounds"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.batch_size % cfg.group_size:
         raise UserError(f"batch_size {cfg.batch_size} is not a multiple of group_size {cfg.group_size}")
     if cfg.minibatch_size > cfg.batch_size:
         raise UserError(f"minibatch_size {cfg.minibatch_size} is larger than batch_size {cfg.batch_size}")
+    if cfg.probe_n < 0:
+        raise UserError(f"probe_n must be >= 0, got {cfg.probe_n}")
+    if not 0 <= cfg.pass_min <= cfg.pass_max <= 1:
+        raise UserError(f"need 0 <= pass_min <= pass_max <= 1, got pass_min={cfg.pass_min}, pass_max={cfg.pass_max}")
+
+
+# ---- which prompts: cells where the policy can learn ------------------------------------------------------------
+
+Cell = tuple[str, str]  # (task, style)
+
+
+@torch.no_grad()
+def probe_pass_rates(engine: Engine, cells: list[Cell], n: int, samples: int, seed: int, max_tokens: int) -> list[dict]:
+    """The policy's pass rate per cell: `samples` replies at temperature 1 (as in RL) to n train-split prompts.
+
+    A GRPO group teaches only when its samples disagree, and a cell's pass rate p says how often: a group of k
+    is all-wrong with probability (1-p)^k and all-right with p^k (for independent prompts of equal difficulty;
+    real prompts vary, so fewer groups disagree). Cells near 0 or 1 are where RL spends its budget for nothing."""
+    rows = []
+    for task, style in tqdm(cells, desc="probing pass rates", dynamic_ncols=True):
+        examples = get_task(task).generate("train", n, seed + 7919)  # not the first instances of the training pool
+        prompts = [render_prompt(engine.tokenizer, prompt_messages(e, style)) for e in examples for _ in range(samples)]
+        params = [SamplingParams(temperature=1.0, max_tokens=max_tokens, tools=style == "tool",
+                                 seed=random.Random(f"rl-probe/{seed}/{task}/{style}/{i}").getrandbits(62))
+                  for i in range(len(prompts))]
+        completions = engine.generate(prompts, params)
+        passed = [check(examples[i // samples], c.text) for i, c in enumerate(completions)]
+        per_prompt = [sum(passed[i:i + samples]) for i in range(0, len(passed), samples)]
+        rows.append({"task": task, "style": style, "pass_rate": sum(passed) / len(passed),
+                     "prompts_mixed": sum(0 < p < samples for p in per_prompt) / len(per_prompt)})
+    return rows
+
+
+def parse_cells(text: str) -> list[Cell]:
+    """ "add2/tool,units/direct" -> [("add2", "tool"), ("units", "direct")]."""
+    cells = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        task, sep, style = item.partition("/")
+        if not sep:
+            raise UserError(f"cells: {item!r} is not task/style (e.g. add2/tool)")
+        cells.append((task, style))
+    return cells
+
+
+def select_cells(rates: list[dict], pass_min: float, pass_max: float) -> list[Cell]:
+    """The cells whose pass rate lies in [pass_min, pass_max]; a UserError naming every rate when none does."""
+    kept = [(r["task"], r["style"]) for r in rates if pass_min <= r["pass_rate"] <= pass_max]
+    if not kept:
+        found = ", ".join(f"{r['task']}/{r['style']} {r['pass_rate']:.2f}" for r in rates)
+        raise UserError(f"no task/style cell has a pass rate in [{pass_min}, {pass_max}] ({found}); "
+                        "widen pass_min/pass_max, or pass other --tasks/--styles")
+    return kept
+
+
+def prompt_pool(cells: list[Cell], n: int, seed: int) -> list[tuple[Example, str]]:
+    """n train-split instances per cell, shuffled (seeded)."""
+    pool = [(e, style) for task, style in cells for e in get_task(task).generate("train", n, seed)]
+    random.Random(f"rl-pool/{seed}").shuffle(pool)
+    return pool
 
 
 # ---- the stage: task-suite prompts, reward model or task checker, eval ----------------------------------------
@@ -428,6 +537,27 @@ def model_reward(rm: RewardModel, micro: int) -> RewardFn:
     return reward
 
 
+def training_cells(cfg: RLConfig, engine: Engine, cells: list[Cell], out: Path, resume: bool) -> list[Cell]:
+    """Probe the policy's pass rates (or read them back from out/probe.json on resume) and keep the cells with
+    room to learn."""
+    path, rates = out / "probe.json", None
+    if resume and path.is_file():
+        try:
+            rates = json.loads(path.read_text())["cells"]
+        except (ValueError, KeyError):  # torn by a crash: the probe is seeded, so measuring again gives the same
+            rates = None
+    if rates is None:
+        rates = probe_pass_rates(engine, cells, cfg.probe_n, cfg.probe_samples, cfg.seed, cfg.max_tokens)
+    kept = select_cells(rates, cfg.pass_min, cfg.pass_max)
+    for r in rates:
+        r["kept"] = (r["task"], r["style"]) in kept
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pass_min": cfg.pass_min, "pass_max": cfg.pass_max, "cells": rates}, indent=1) + "\n")
+    print("pass rates before RL: " + ", ".join(f"{r['task']}/{r['style']} {r['pass_rate']:.2f}{'' if r['kept'] else ' (dropped)'}"
+                                               for r in rates))
+    return kept
+
+
 def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = False) -> list[dict]:
     from pocketchat.lora import load_model
 
@@ -455,16 +585,21 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
     if cfg.algo == "ppo":  # the critic starts as the RM: it already knows what scores high
         critic = RewardModel.from_pretrained(cfg.reward, device=device) if rm is not None else RewardModel.from_causal_lm(policy)
 
-    tasks = [t for t in cfg.tasks.split(",") if t]
-    styles = [s for s in cfg.styles.split(",") if s]
-    pool = mixture("train", cfg.train_prompts, cfg.seed, styles, tasks)
+    cells = parse_cells(cfg.cells) if cfg.cells else [(t, s) for t in cfg.tasks.split(",") if t for s in cfg.styles.split(",") if s]
+    for task, style in cells:
+        get_task(task), check_style(style)
+    out = Path(out)
+    if cfg.probe_n > 0:
+        cells = training_cells(cfg, Engine(policy, tokenizer), cells, out, resume)
+    pool = prompt_pool(cells, cfg.train_prompts, cfg.seed)
     n_prompts = cfg.batch_size // cfg.group_size
     if len(pool) < n_prompts:
         raise UserError(f"the prompt pool has {len(pool)} prompts, fewer than the {n_prompts} an episode needs")
     rendered: dict[int, list[int]] = {}
 
-    def prompts_for(step: int) -> list[RLPrompt]:
-        picks = random.Random(f"rl-prompts/{cfg.seed}/{step}").sample(range(len(pool)), n_prompts)
+    def prompts_for(step: int, rnd: int = 0) -> list[RLPrompt]:
+        rng = random.Random(f"rl-prompts/{cfg.seed}/{step}" + (f"/{rnd}" if rnd else ""))
+        picks = rng.sample(range(len(pool)), n_prompts)
         out = []
         for i in picks:
             example, style = pool[i]
@@ -483,7 +618,7 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
     def evaluate(model: CausalLM) -> dict:
         from pocketchat.alignment_eval import policy_eval
 
-        result = policy_eval(Engine(model, tokenizer), ref, tasks, styles, cfg.eval_n, cfg.seed)
+        result = policy_eval(Engine(model, tokenizer), ref, cells, cfg.eval_n, cfg.seed)
         return {f"eval/{k}": v for k, v in result.items()}
 
     def export(path: Path) -> None:
@@ -491,5 +626,6 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
                        model_max_length=policy.config.max_position_embeddings)
 
-    print(f"RL ({cfg.algo}): {len(pool)} training prompts, reward {cfg.reward}, {cfg.steps} episodes of {cfg.batch_size} samples")
+    print(f"RL ({cfg.algo}): {len(pool)} training prompts in {len(cells)} task/style cells, reward {cfg.reward}, "
+          f"{cfg.steps} episodes of {cfg.batch_size} samples")
     return fit(trainer, out, prompts_for, evaluate=evaluate if cfg.eval_n > 0 else None, export=export, resume=resume)
