@@ -172,8 +172,24 @@ def cmd_chat(args, overrides) -> None:
     from pocketchat.chat_cli import chat_loop
 
     no_overrides(overrides)
-    chat_loop(load_engine(args.model, args.device), system=args.system, temperature=args.temperature,
-              max_tokens=args.max_tokens, tools=not args.no_tools, augment=rag_augmenter(args, show=True))
+    engine = load_engine(args.model, args.device)
+    chat_loop(engine, system=args.system, temperature=args.temperature, max_tokens=args.max_tokens,
+              tools=chat_tools(engine, args.model, args.tools), augment=rag_augmenter(args, show=True))
+
+
+def chat_tools(engine, model: str, requested: bool | None) -> bool:
+    """Whether chat runs tool calls. By default, when the tokenizer has the tokens they need (ours do; most
+    foreign chat models don't, and should still just chat); an explicit --tools without them is an error."""
+    if requested is False:
+        return False
+    needed = ("<tool_call>", "</tool_call>", "<|im_start|>", "<|im_end|>")
+    missing = ", ".join(t for t in needed if engine.tokenizer.token_id(t) is None)
+    if missing and requested:
+        raise UserError(f"--tools: {model}'s tokenizer has no {missing} special tokens, so the model cannot call "
+                        "tools; leave out --tools")
+    if missing:
+        print(f"note: {model}'s tokenizer has no {missing} tokens; tools are off", file=sys.stderr)
+    return not missing
 
 
 def open_retriever(index: str, mode: str):
@@ -251,7 +267,7 @@ def cmd_sample(args, overrides) -> None:
 
         prompt = render_prompt(tokenizer, [{"role": "user", "content": args.prompt}])
     else:
-        prompt = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
+        prompt = tokenizer.encode_prompt(args.prompt)
         sys.stdout.write(args.prompt)
     for event in engine.stream(prompt, params):
         sys.stdout.write(event.text)
@@ -466,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--system", default="", help="system prompt")
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("--max-tokens", type=int, default=512)
-    s.add_argument("--no-tools", action="store_true", help="do not run tool calls")
+    s.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the model's tool calls (default: when its tokenizer has the <tool_call> tokens)")
     add_rag_arguments(s)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_chat)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from gguf import GGUFReader
 from gguf.quants import dequantize
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
 from pocketchat.errors import UserError
@@ -177,12 +177,16 @@ def _tokenizer(meta: dict, config: ModelConfig, path: Path) -> Tokenizer:
             raise UserError(f"{path}: tokenizer.ggml.{key} {i} is outside the vocabulary")
         return None if i is None else tokens[i]
 
-    eos = token("eos_token_id")
+    eos, bos = token("eos_token_id"), token("bos_token_id")
     if eos is None:
         raise UserError(f"{path}: no tokenizer.ggml.eos_token_id")
-    return Tokenizer(hf, bos_token=token("bos_token_id"), eos_token=eos, pad_token=token("padding_token_id"),
+    add_bos = bos is not None and bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    if add_bos:  # llama.cpp starts a prompt with bos: say so where transformers (and Tokenizer.load) look
+        hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                          special_tokens=[(bos, vocab[bos])])
+    return Tokenizer(hf, bos_token=bos, eos_token=eos, pad_token=token("padding_token_id"),
                      chat_template=meta.get("tokenizer.chat_template"),
-                     model_max_length=config.max_position_embeddings)
+                     model_max_length=config.max_position_embeddings, add_bos=add_bos)
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:

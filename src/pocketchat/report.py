@@ -106,7 +106,7 @@ def render(run: str | Path) -> Path:
     total = sum(r.get("seconds", 0) for r in report.values() if isinstance(r, dict))
     lines += [f"Total time: {total / 60:.1f} minutes.", "", "| stage | time | key metrics |", "|---|---|---|"]
     for stage, r in report.items():
-        keys = ", ".join(f"{k} {fmt(v)}" for k, v in r.get("metrics", {}).items())
+        keys = ", ".join(f"{k} {fmt(v)}" for k, v in r.get("metrics", {}).items() if not isinstance(v, (list, dict)))
         lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {r.get('seconds', 0) / 60:.1f} min | {keys} |")
     table = alignment_table(report)
     if table:

@@ -126,11 +126,26 @@ def _token_content(value) -> str | None:
     return value["content"] if isinstance(value, dict) else value
 
 
+def _is_pocketchat(hf: HFTokenizer) -> bool:
+    """A tokenizer `Tokenizer.train` made: SPECIAL_TOKENS hold ids 0..7."""
+    return all(hf.token_to_id(t) == i for i, t in enumerate(SPECIAL_TOKENS))
+
+
+def _adds_bos(hf: HFTokenizer, bos_token: str | None) -> bool:
+    """Whether transformers' `tokenizer(text)` starts with the bos token for a foreign folder, so a raw prompt
+    here starts the way the model saw text in training. The post-processor in tokenizer.json decides (Llama 3's
+    adds <|begin_of_text|>, SmolLM2 has none): transformers 5 ignores add_bos_token in tokenizer_config.json
+    when there is a tokenizer.json, and the classes that honoured it before (Llama's) saved it there."""
+    bos_id = None if bos_token is None else hf.token_to_id(bos_token)
+    ids = hf.encode("a", add_special_tokens=True).ids
+    return bos_id is not None and bool(ids) and ids[0] == bos_id
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer with special tokens; see the module docstring."""
 
     def __init__(self, hf: HFTokenizer, *, bos_token: str | None, eos_token: str, pad_token: str | None,
-                 chat_template: str | None = None, model_max_length: int | None = None):
+                 chat_template: str | None = None, model_max_length: int | None = None, add_bos: bool = True):
         self.hf = hf  # recognises special-token strings in text, like transformers does
         self._plain = HFTokenizer.from_str(hf.to_str())  # treats them as ordinary text
         self._plain.encode_special_tokens = True
@@ -143,6 +158,9 @@ class Tokenizer:
         self.eos_id: int = eos_id
         self.bos_id = None if bos_token is None else self.token_id(bos_token)
         self.pad_id = None if pad_token is None else self.token_id(pad_token)
+        # whether a raw-text prompt starts with bos (`encode_prompt`): always for our own tokenizers, whose
+        # pretraining put <|endoftext|> before every document; for a foreign one, what its folder says
+        self.add_bos = add_bos and self.bos_id is not None
         self.chat_template = chat_template
         self.model_max_length = model_max_length
 
@@ -168,11 +186,15 @@ class Tokenizer:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         hf.train_from_iterator(texts, trainer)
-        return cls(hf, bos_token=EOT, eos_token=EOT, pad_token=PAD)
+        return cls(hf, bos_token=EOT, eos_token=EOT, pad_token=PAD, add_bos=True)
 
     @classmethod
     def load(cls, path) -> Tokenizer:
-        """Load a Hugging Face tokenizer folder (tokenizer.json, optionally tokenizer_config.json)."""
+        """Load a Hugging Face tokenizer folder (tokenizer.json, optionally tokenizer_config.json).
+
+        The chat template is chat_template.jinja's, else tokenizer_config.json's. A raw-text prompt gets the
+        bos token exactly when transformers' `tokenizer(text)` adds it (`_adds_bos`), except with our own
+        tokenizers, which always add it (see __init__)."""
         folder = Path(path)
         file = folder / "tokenizer.json"
         if not file.is_file():
@@ -188,18 +210,23 @@ class Tokenizer:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise UserError(f"{config_file}:{e.lineno}: invalid JSON: {e.msg}") from e
+        template_file = folder / "chat_template.jinja"  # where transformers saves it now; it wins, as there
+        if template_file.is_file():
+            config["chat_template"] = template_file.read_text(encoding="utf-8")
         vocab = hf.get_vocab(with_added_tokens=True)
         default_eot = EOT if EOT in vocab else None
         eos = _token_content(config.get("eos_token")) or default_eot
         if eos is None:
             raise UserError(f"{folder}: no eos_token in tokenizer_config.json and no {EOT} in the vocabulary")
+        bos = _token_content(config["bos_token"]) if "bos_token" in config else default_eot
         return cls(hf,
-                   bos_token=_token_content(config["bos_token"]) if "bos_token" in config else default_eot,
+                   bos_token=bos,
                    eos_token=eos,
                    pad_token=_token_content(config["pad_token"]) if "pad_token" in config
                    else (PAD if PAD in vocab else None),
                    chat_template=config.get("chat_template"),
-                   model_max_length=config.get("model_max_length"))
+                   model_max_length=config.get("model_max_length"),
+                   add_bos=_is_pocketchat(hf) or _adds_bos(hf, bos))
 
     def save(self, path, chat_template: str | None = None, model_max_length: int | None = None) -> None:
         """Write tokenizer.json + tokenizer_config.json that transformers' AutoTokenizer loads.
@@ -215,7 +242,9 @@ class Tokenizer:
             "eos_token": self.eos_token,
             "pad_token": self.pad_token,
             "model_max_length": model_max_length or self.model_max_length or UNBOUNDED_LENGTH,
-            "add_bos_token": False,
+            # informational (tokenizer.json's post-processor is what adds bos); ours say false because
+            # transformers' tokenizer(text) gives exactly our encode(text)
+            "add_bos_token": self.add_bos and not _is_pocketchat(self.hf),
             "add_eos_token": False,
             # transformers would otherwise rewrite " ." to "." on decode, breaking the exact round trip
             "clean_up_tokenization_spaces": False,
@@ -238,6 +267,11 @@ class Tokenizer:
         hf = self.hf if allow_special else self._plain
         return hf.encode(text, add_special_tokens=False).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids of a raw-text prompt (not a chat): `encode(text)`, after the bos token if add_bos. For a
+        foreign folder that is what transformers' `tokenizer(text)` gives, so generations match its."""
+        return ([self.bos_id] if self.add_bos else []) + self.encode(text)
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """`encode` over many texts, in parallel threads (both engines release the GIL)."""
         if self._tiktoken is not None:
@@ -255,7 +289,7 @@ class Tokenizer:
     def __getstate__(self) -> dict:
         return {"json": self.hf.to_str(), "bos_token": self.bos_token, "eos_token": self.eos_token,
                 "pad_token": self.pad_token, "chat_template": self.chat_template,
-                "model_max_length": self.model_max_length}
+                "model_max_length": self.model_max_length, "add_bos": self.add_bos}
 
     def __setstate__(self, state: dict) -> None:
         hf = HFTokenizer.from_str(state.pop("json"))

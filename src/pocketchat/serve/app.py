@@ -497,13 +497,13 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
 
     def text_prompts(prompt) -> tuple[list[list[int]], list[str]]:
         """The prompt field (a string, strings, token ids, or lists of token ids) as token-id prompts, and
-        their text (what echo repeats). A string prompt starts with the model's bos token, if it has one."""
+        their text (what echo repeats). A string prompt starts with the bos token when the model's tokenizer
+        adds one (Tokenizer.encode_prompt), as transformers' `tokenizer(text)` would."""
         if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
             prompt = [prompt]
         if not prompt:
             raise APIError(400, "prompt is empty", param="prompt")
-        bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-        ids = [bos + tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompt]
+        ids = [tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompt]
         return ids, [p if isinstance(p, str) else tokenizer.decode(p) for p in prompt]
 
     def legacy_logprobs(ids, lps, tops, offset: int) -> dict:
