@@ -356,8 +356,8 @@ def test_the_rules_read_the_task_checker_and_format():
     assert format_ok(EXAMPLE, "12 + 34 = 46\nAnswer: 46", "cot") and format_ok(EXAMPLE, "46", "direct")
     labeler = ProgrammaticLabeler()
     assert labeler.key(EXAMPLE, "direct", completion("46", sampled=3)) == (True, True, True, True, -3)
-    rude = completion("You are useless. 46", ended=False, sampled=7)
-    assert labeler.key(EXAMPLE, "direct", rude) == (False, False, False, False, -7)
+    rude = completion("You are useless. 46", ended=False, sampled=7)  # right (its last number), nothing else
+    assert labeler.key(EXAMPLE, "direct", rude) == (True, False, False, False, -7)
 
 
 def every_kind_of_completion() -> list[Completion]:

@@ -199,3 +199,35 @@ def test_serve_without_tool_tokens(chatml_folder):
     _, ref_new = transformers_greedy(chatml_folder, PROMPT, 4)
     ref_tok = transformers.AutoTokenizer.from_pretrained(chatml_folder)
     assert r.json()["choices"][0]["text"] == PROMPT + ref_tok.decode(ref_new, clean_up_tokenization_spaces=False)
+
+
+# ---- the recipe from a pretrained model ------------------------------------------------------------------------
+
+def test_speedrun_from_a_pretrained_model(tmp_path, capsys):
+    """`speedrun --base DIR`: no pretraining, SFT with LoRA, every stage judged against the model as given on the
+    same held-out instances, and the shipped model a plain folder that transformers opens."""
+    from pocketchat.speedrun import BASE_STAGES
+
+    base = llama_folder(tmp_path / "base", add_bos=False, chatml=True)
+    edit_json(base / "config.json", max_position_embeddings=512)  # task prompts in a 200-token vocabulary run long
+    run = tmp_path / "run"
+    assert main(["speedrun", "--base", str(base), "--preset", "smoke", "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert list(report) == [name for name, _ in BASE_STAGES] and "pretrain" not in report
+    assert (run / "sft" / "adapter_config.json").is_file()  # LoRA by default
+    for name in ("sft", "ppo", "grpo", "dpo"):
+        m = report[name]["metrics"]
+        assert {"accuracy", "accuracy_base", "n", "p_accuracy", "gold_base", "p_gold"} <= set(m), name
+        assert m["n"] == 6 and 0 <= m["p_accuracy"] <= 1 and m["temperature"] == 0.0
+        assert report[name]["peak_rss_mib"] > 0
+    assert {"accuracy_sft", "p_accuracy_sft"} <= set(report["grpo"]["metrics"])
+    assert "base:add2/direct" in report["eval"]["metrics"]
+    out = capsys.readouterr().out
+    shipped = Path(out.split("pocketchat serve --model ")[1].split()[0])
+    assert (shipped / "config.json").is_file() and not (shipped / "adapter_config.json").exists()
+    transformers.AutoModelForCausalLM.from_pretrained(shipped)
+    assert "accuracy: base → model" in (run / "report.md").read_text()
+
+    assert main(["speedrun", "--preset", "smoke", "--out", str(run)]) == 2  # a base run is continued with its --base
+    assert "started from" in capsys.readouterr().err
+    assert main(["speedrun", "--full-sft", "--out", str(tmp_path / "x")]) == 2

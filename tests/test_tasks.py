@@ -313,6 +313,10 @@ def test_check_normalises_and_is_exact():
         assert check(number, text), text
     for text in ("1235", "12345", "1234.5", "Answer: 1234 apples", "", "1 234"):
         assert not check(number, text), text
+    # a model's own words, with no "Answer:" line: its last number
+    for text in ("The sum of 1000 and 234 is **1234**.", "1000 + 234 = 1,234", "Let me add.\nThe total is 1234"):
+        assert check(number, text), text
+    assert not check(number, "1234 is close, but the sum is 1235.")
     spelled = _example("spell", "a-p-p-l-e")
     assert check(spelled, "A-P-P-L-E") and check(spelled, "Answer: a - p - p - l - e.")
     assert not check(spelled, "a-p-l-e") and not check(spelled, "apple")

@@ -84,20 +84,13 @@ def policy_eval(engine: Engine, ref_model: nn.Module, cells: Sequence[Cell], n: 
                 max_tokens: int = EVAL_MAX_TOKENS, part: str = "select") -> dict[str, float]:
     """gold, accuracy, kl, entropy, length and ended (see the module docstring), each a mean over n held-out
     instances of every (task, style) cell. Evals while training use the "select" part; the report's
-    figures come from `paired_eval` on the "report" part."""
+    figures come from the "report" part (`paired_report`)."""
     labeler = ProgrammaticLabeler(seed)
     cases = held_out_cases(cells, n, seed, part)
     prompts, completions = sample_cases(engine, cases, seed, max_tokens)
-    kl, entropy = sampled_token_stats(engine, prompts, completions, ref_model)
-    count = len(cases)
-    return {
-        "gold": sum(labeler.gold_score(e, s, c) for (e, s), c in zip(cases, completions)) / count,
-        "accuracy": sum(check(e, c.text) for (e, _), c in zip(cases, completions)) / count,
-        "kl": sum(kl) / count,
-        "entropy": sum(entropy) / count,
-        "length": sum(sum(not f for f in c.forced) for c in completions) / count,
-        "ended": sum(c.finish_reason == "stop" for c in completions) / count,
-    }
+    return {"gold": sum(labeler.gold_score(e, s, c) for (e, s), c in zip(cases, completions)) / len(cases),
+            "accuracy": sum(check(e, c.text) for (e, _), c in zip(cases, completions)) / len(cases),
+            **sample_stats(engine, prompts, completions, ref_model)}
 
 
 def grade(cases: Sequence[tuple[Example, str]], completions: Sequence[Completion], seed: int) -> list[dict]:
@@ -109,49 +102,42 @@ def grade(cases: Sequence[tuple[Example, str]], completions: Sequence[Completion
 
 
 @torch.no_grad()
-def paired_eval(engine: Engine, ref_model: nn.Module, cells: Sequence[Cell], n: int, seed: int,
-                baseline: list[dict] | None = None, temperature: float = 1.0, max_tokens: int = EVAL_MAX_TOKENS,
-                examples: int = 3) -> dict:
-    """The aligned policy against the SFT model (ref_model) on the "report" part: the same n instances per task
-    cell, the same seeds. Returns metrics (accuracy, accuracy_sft, gold, gold_sft, n, p_accuracy, p_gold,
-    the 95% CIs of the differences; at temperature 1 also kl, entropy, length, ended), per-cell rows, and a few
-    instances where one model was right and the other wrong. `baseline` takes the SFT model's graded records
-    on the same cases when another stage already computed them (they depend only on the SFT model and the cases)."""
-    cases = held_out_cases(cells, n, seed, "report")
-    if baseline is None:
-        _, sft_completions = sample_cases(Engine(ref_model, engine.tokenizer), cases, seed, max_tokens, temperature)
-        baseline = grade(cases, sft_completions, seed)
-    if len(baseline) != len(cases):
-        raise UserError(f"paired_eval: baseline has {len(baseline)} records for {len(cases)} cases")
-    prompts, completions = sample_cases(engine, cases, seed, max_tokens, temperature)
-    policy = grade(cases, completions, seed)
-    extra = {}
-    if temperature == 1.0:  # the KL estimate is unbiased only for samples of the policy itself
-        kl, entropy = sampled_token_stats(engine, prompts, completions, ref_model)
-        extra = {"kl": sum(kl) / len(kl), "entropy": sum(entropy) / len(entropy),
-                 "length": sum(sum(not f for f in c.forced) for c in completions) / len(completions),
-                 "ended": sum(c.finish_reason == "stop" for c in completions) / len(completions)}
+def sample_stats(engine: Engine, prompts: Sequence[list[int]], completions: Sequence[Completion],
+                 ref_model: nn.Module) -> dict[str, float]:
+    """kl, entropy, length and ended (see the module docstring) of completions sampled at temperature 1."""
+    kl, entropy = sampled_token_stats(engine, prompts, completions, ref_model)
+    count = len(completions)
+    return {"kl": sum(kl) / count, "entropy": sum(entropy) / count,
+            "length": sum(sum(not f for f in c.forced) for c in completions) / count,
+            "ended": sum(c.finish_reason == "stop" for c in completions) / count}
+
+
+def paired_report(policy: list[dict], baseline: list[dict], cells: Sequence[Cell], name: str, examples: int = 3) -> dict:
+    """A model's graded records against a baseline's on the same cases (see `grade`): metrics accuracy,
+    accuracy_{name}, gold, gold_{name}, n, p_accuracy and p_gold (paired, two-sided: `stats.paired_test`) and
+    the 95% CIs of the differences; a row per (task, style) cell; a few cases where the model was right and
+    the baseline wrong ("fixed") and the reverse ("broken")."""
+    if len(baseline) != len(policy):
+        raise UserError(f"paired_report: {len(baseline)} baseline records for {len(policy)} cases")
     acc = paired_test([r["correct"] for r in baseline], [r["correct"] for r in policy])
     gold = paired_test([r["gold"] for r in baseline], [r["gold"] for r in policy])
-    metrics = {"n": len(cases), "accuracy": acc.mean_b, "accuracy_sft": acc.mean_a, "p_accuracy": acc.p,
-               "accuracy_diff_ci": [acc.ci_low, acc.ci_high], "gold": gold.mean_b, "gold_sft": gold.mean_a,
-               "p_gold": gold.p, "gold_diff_ci": [gold.ci_low, gold.ci_high], "temperature": temperature}
-    metrics |= extra
+    metrics = {"n": len(policy), "accuracy": acc.mean_b, f"accuracy_{name}": acc.mean_a, "p_accuracy": acc.p,
+               "accuracy_diff_ci": [acc.ci_low, acc.ci_high], "gold": gold.mean_b, f"gold_{name}": gold.mean_a,
+               "p_gold": gold.p, "gold_diff_ci": [gold.ci_low, gold.ci_high]}
     rows = []
     for task, style in cells:
-        idx = [i for i, (e, s) in enumerate(cases) if e.task == task and s == style]
+        idx = [i for i, r in enumerate(policy) if r["task"] == task and r["style"] == style]
         cell = paired_test([baseline[i]["correct"] for i in idx], [policy[i]["correct"] for i in idx])
         rows.append({"task": task, "style": style, **cell.as_dict()})
     fixed = [(b, p) for b, p in zip(baseline, policy) if p["correct"] and not b["correct"]]
     broken = [(b, p) for b, p in zip(baseline, policy) if b["correct"] and not p["correct"]]
-    return {"metrics": metrics, "cells": rows, "baseline": baseline,
-            "fixed": [_pair_example(b, p) for b, p in fixed[:examples]],
+    return {"metrics": metrics, "cells": rows, "fixed": [_pair_example(b, p) for b, p in fixed[:examples]],
             "broken": [_pair_example(b, p) for b, p in broken[:examples]]}
 
 
-def _pair_example(sft: dict, policy: dict) -> dict:
-    return {"task": sft["task"], "style": sft["style"], "question": sft["question"], "answer": sft["answer"],
-            "sft": sft["completion"], "aligned": policy["completion"]}
+def _pair_example(baseline: dict, policy: dict) -> dict:
+    return {"task": baseline["task"], "style": baseline["style"], "question": baseline["question"],
+            "answer": baseline["answer"], "baseline": baseline["completion"], "model": policy["completion"]}
 
 
 @torch.no_grad()

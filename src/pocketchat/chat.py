@@ -251,6 +251,17 @@ def _render_chatml(tokenizer: Tokenizer, turns: list[Turn], add_generation_promp
     return ids, mask
 
 
+def missing_tool_tokens(tokenizer: Tokenizer) -> list[str]:
+    """The special tokens a model needs to call tools the way the engine runs them, that its tokenizer lacks.
+    Ours have them all; most foreign chat models (SmolLM2) have none, and then chat without tools."""
+    return [t for t in (TOOL_CALL, TOOL_CALL_END, IM_START, IM_END) if tokenizer.token_id(t) is None]
+
+
+def uses_tools(messages: list[dict]) -> bool:
+    """Whether a conversation calls tools (an assistant turn with tool_calls, or a tool turn)."""
+    return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
 def render(tokenizer: Tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and loss mask (1 = trained) of a conversation, in the tokenizer's chat format.
 

