@@ -183,10 +183,11 @@ def test_reward_model_scores_each_sample_at_its_last_token(tok):
 
 # ---- learning -------------------------------------------------------------------------------------------------
 
-def test_grpo_learns_a_verifiable_toy_task(tok, tmp_path):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_grpo_learns_a_verifiable_toy_task(tok, tmp_path, dynamic):
     policy = tiny_lm(tok)
-    trainer = RLTrainer(toy_cfg(), policy, tok, copy_of(policy), contains(digits(tok)))
-    fit(trainer, tmp_path, lambda step: prompts(tok))
+    trainer = RLTrainer(toy_cfg(dynamic_sampling=dynamic), policy, tok, copy_of(policy), contains(digits(tok)))
+    fit(trainer, tmp_path, lambda step, rnd=0: prompts(tok))
     trace = [r["reward"] for r in metrics(tmp_path)]
     start, end = sum(trace[:2]) / 2, sum(trace[-3:]) / 3
     assert start < 0.35 and end > 0.6 and end - start > 0.3, trace
