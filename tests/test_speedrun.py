@@ -21,6 +21,7 @@ def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_pat
         assert {"accuracy", "accuracy_sft", "gold", "gold_sft", "n", "p_accuracy", "p_gold"} <= set(m[name])
         assert 0 <= m[name]["gold_sft"] <= 1 and 0 <= m[name]["gold"] <= 1 and m[name]["kl"] == m[name]["kl"]
         assert 0 <= m[name]["p_accuracy"] <= 1 and 0 <= m[name]["p_gold"] <= 1
+        assert m[name]["cells_worse"] + m[name]["cells_better"] <= len(report[name]["retention"]) == 7  # the eval table
         assert m[name]["accuracy_diff_ci"][0] <= m[name]["accuracy"] - m[name]["accuracy_sft"] <= m[name]["accuracy_diff_ci"][1] + 1e-9
     probe = json.loads((run / "compare" / "probe.json").read_text())  # the cells alignment works on
     assert [(c["task"], c["style"], c["kept"]) for c in probe["cells"]] == [("add2", "direct", True)]
@@ -62,3 +63,6 @@ def test_the_run_ships_the_aligned_model_only_when_it_beats_sft(tmp_path):
     report["dpo"]["metrics"] |= {"select_gold": 0.33, "select_gold_sft": 0.20}  # the largest gain over its SFT baseline
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert final_model(tmp_path) == "dpo"
+    report["dpo"]["metrics"]["cells_worse"] = 1  # it forgot something elsewhere in the eval table: it doesn't ship
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert final_model(tmp_path) == "grpo"

@@ -22,6 +22,10 @@ from pocketchat.report import ALIGNMENT, read_metrics, read_report, render, upda
 # The SFT eval table's tasks; the compare stage picks the cells (task x style) that alignment works on from these.
 EVAL_TASKS = "add2,add,mul,word,count_letters,sort_list,units"
 
+# How an aligned model is judged (see `judge`): report and select instances per cell, and the greedy eval table on
+# retention_n select instances per cell, which decides whether it may ship.
+JUDGED = {"select_n": 50, "report_n": 200, "retention_n": 30, "retention_styles": "direct,cot,tool"}
+
 # Per stage: the stage's own preset plus overrides. `default` is the ~25-minute CPU run, `smoke` CI's, and `full`
 # every stage at its own `tiny` preset (~50 minutes on 2 CPU cores).
 PRESETS: dict[str, dict[str, dict]] = {
@@ -33,11 +37,12 @@ PRESETS: dict[str, dict[str, dict]] = {
         "compare": {"n": 48, "test_n": 24, "k": 4, "tasks": "add2", "styles": "direct", "max_tokens": 24, "probe_n": 2,
                     "probe_samples": 2, "pass_min": 0.0, "pass_max": 1.0},
         "rm": {"preset": "smoke", "steps": 8, "seq_len": 128},
-        "ppo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "select_n": 4, "report_n": 6},
+        "ppo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "select_n": 4, "report_n": 6,
+                "retention_n": 2, "retention_styles": "direct"},
         "grpo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "dynamic_sampling": True, "select_n": 4,
-                 "report_n": 6},
+                 "report_n": 6, "retention_n": 2, "retention_styles": "direct"},
         "dpo": {"preset": "smoke", "steps": 4, "seq_len": 128, "eval_n": 4, "eval_tasks": "add2", "eval_styles": "direct",
-                "select_n": 4, "report_n": 6},
+                "select_n": 4, "report_n": 6, "retention_n": 2, "retention_styles": "direct"},
         "diversity": {"prompts": 4, "samples": 3, "max_tokens": 16},
         "strategies": {"n": 3, "tasks": "add2", "strategies": "direct,cot,sc,tool", "sc_n": 3, "max_tokens": 48},
     },
@@ -56,10 +61,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         # cut off is penalised as unfinished); judged on 200 held-out instances per cell (the "report" part), shipped
         # on 50 others (the "select" part). GRPO drops the groups whose samples agree (DAPO's dynamic sampling).
         "ppo": {"preset": "tiny", "steps": 25, "batch_size": 32, "minibatch_size": 16, "max_tokens": 128, "lr": 2e-5,
-                "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200},
+                "eval_every": 0, "eval_n": 0, **JUDGED},
         "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 25, "batch_size": 32, "minibatch_size": 16,
-                 "max_tokens": 128, "lr": 3e-5, "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200},
-        "dpo": {"preset": "tiny", "steps": 30, "eval_n": 0, "select_n": 50, "report_n": 200},
+                 "max_tokens": 128, "lr": 3e-5, "eval_every": 0, "eval_n": 0, **JUDGED},
+        "dpo": {"preset": "tiny", "steps": 30, "eval_n": 0, **JUDGED},
         "diversity": {"prompts": 12, "samples": 4, "max_tokens": 48},
         "strategies": {"n": 15, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
     },
@@ -70,9 +75,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "compare": {"n": 600, "test_n": 150, "k": 4, "tasks": EVAL_TASKS, "styles": "direct,cot", "max_tokens": 128,
                     "probe_n": 32, "probe_samples": 4, "pass_min": 0.1, "pass_max": 0.9},
         "rm": {"preset": "tiny"},
-        "ppo": {"preset": "tiny", "max_tokens": 128, "select_n": 50, "report_n": 200},
-        "grpo": {"preset": "tiny", "dynamic_sampling": True, "max_tokens": 128, "select_n": 50, "report_n": 200},
-        "dpo": {"preset": "tiny", "eval_n": 0, "select_n": 50, "report_n": 200},
+        "ppo": {"preset": "tiny", "max_tokens": 128, **JUDGED},
+        "grpo": {"preset": "tiny", "dynamic_sampling": True, "max_tokens": 128, **JUDGED},
+        "dpo": {"preset": "tiny", "eval_n": 0, **JUDGED},
         "diversity": {"prompts": 24, "samples": 4, "max_tokens": 64},
         "strategies": {"n": 40, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
     },
@@ -80,44 +85,45 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 # From a pretrained model (`speedrun --base`): the stages after pretraining, sized for a ~135 M-parameter model on
-# 2 CPU cores (SmolLM2-135M-Instruct: the whole run in under an hour). SFT trains LoRA adapters; every model is
-# judged greedily against the model as given, on the cells in judge_cells (n = report_n per cell). No tool style:
-# a model without tool-call tokens (SmolLM2) cannot call the calculator the way the engine runs it.
-BASE_JUDGE_CELLS = "add2/direct,add/direct,count_letters/direct,units/direct,word/cot"
+# 2 CPU cores (SmolLM2-135M-Instruct: ~5 s per LoRA SFT step of 8 x 256 tokens, ~25 s per RL episode of 16). SFT
+# trains LoRA adapters; every model is judged greedily against the model as given, SFT on judge_cells and the
+# aligned models on the cells the compare stage picks (n = report_n per cell). No tool style: a model without
+# tool-call tokens (SmolLM2) cannot call the calculator the way the engine runs it.
+BASE_JUDGE_CELLS = "add2/direct,count_letters/direct,units/direct"
+BASE_JUDGED = {"select_n": 30, "report_n": 200, "temperature": 0.0, "retention_n": 20, "retention_styles": "direct"}
 BASE_PRESETS: dict[str, dict[str, dict]] = {
     "smoke": {
         "import": {},
         "sft": {"preset": "smoke", "seq_len": 128, "lora": "r=4,alpha=8", "judge_cells": "add2/direct",
-                "select_n": 4, "report_n": 6, "temperature": 0.0},
+                "select_n": 4, "report_n": 6, "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
         "eval": {"n": 4, "tasks": "add2", "styles": "direct,cot"},
         "compare": {"n": 16, "test_n": 8, "k": 2, "tasks": "add2", "styles": "direct", "max_tokens": 16, "probe_n": 2,
                     "probe_samples": 2, "pass_min": 0.0, "pass_max": 1.0},
         "rm": {"preset": "smoke", "steps": 2, "seq_len": 128},
         "ppo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, "select_n": 4, "report_n": 6,
-                "temperature": 0.0},
+                "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
         "grpo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, "select_n": 4, "report_n": 6,
-                 "temperature": 0.0},
+                 "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
         "dpo": {"preset": "smoke", "steps": 2, "seq_len": 128, "eval_n": 0, "select_n": 4, "report_n": 6,
-                "temperature": 0.0},
+                "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
         "strategies": {"n": 2, "tasks": "add2", "strategies": "direct,cot", "sc_n": 2, "max_tokens": 32},
     },
     "default": {
         "import": {},
-        "sft": {"preset": "lora", "steps": 150, "batch_size": 8, "seq_len": 256, "lora": "r=16,alpha=32",
-                "eval_every": 0, "save_every": 50, "judge_cells": BASE_JUDGE_CELLS, "select_n": 50, "report_n": 200,
-                "temperature": 0.0},
-        "eval": {"n": 30, "tasks": EVAL_TASKS, "styles": "direct,cot"},
-        "compare": {"n": 160, "test_n": 60, "k": 4, "tasks": EVAL_TASKS, "styles": "direct,cot", "max_tokens": 96,
+        "sft": {"preset": "lora", "steps": 100, "batch_size": 8, "seq_len": 256, "lora": "r=16,alpha=32",
+                "eval_every": 0, "save_every": 25, "judge_cells": BASE_JUDGE_CELLS, **BASE_JUDGED},
+        "eval": {"n": 15, "tasks": EVAL_TASKS, "styles": "direct,cot"},
+        "compare": {"n": 120, "test_n": 40, "k": 4, "tasks": EVAL_TASKS, "styles": "direct", "max_tokens": 64,
                     "probe_n": 8, "probe_samples": 4, "pass_min": 0.1, "pass_max": 0.9},
-        "rm": {"preset": "tiny", "steps": 60, "batch_size": 8, "seq_len": 192, "lr": 2e-5, "compile": False},
-        "ppo": {"preset": "tiny", "steps": 12, "batch_size": 16, "minibatch_size": 8, "max_tokens": 96, "lr": 5e-6,
-                "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200, "temperature": 0.0},
-        "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 15, "batch_size": 16, "minibatch_size": 8,
-                 "max_tokens": 96, "lr": 5e-6, "eval_every": 0, "eval_n": 0, "select_n": 50, "report_n": 200,
-                 "temperature": 0.0},
-        "dpo": {"preset": "tiny", "steps": 20, "batch_size": 8, "seq_len": 192, "lr": 5e-6, "eval_n": 0,
-                "select_n": 50, "report_n": 200, "temperature": 0.0},
-        "strategies": {"n": 15, "tasks": "add,word", "strategies": "direct,cot,sc", "sc_n": 5, "max_tokens": 160},
+        "rm": {"preset": "tiny", "steps": 40, "batch_size": 8, "seq_len": 192, "lr": 2e-5, "warmup_steps": 4,
+               "eval_every": 0, "save_every": 20},
+        "ppo": {"preset": "tiny", "steps": 8, "batch_size": 16, "minibatch_size": 8, "max_tokens": 64, "lr": 5e-6,
+                "epochs": 1, "eval_every": 0, "eval_n": 0, "save_every": 4, **BASE_JUDGED},
+        "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 10, "batch_size": 16, "minibatch_size": 8,
+                 "max_tokens": 64, "lr": 5e-6, "epochs": 1, "eval_every": 0, "eval_n": 0, "save_every": 5, **BASE_JUDGED},
+        "dpo": {"preset": "tiny", "steps": 15, "batch_size": 8, "seq_len": 192, "lr": 5e-6, "warmup_steps": 2,
+                "eval_every": 0, "eval_n": 0, "save_every": 15, **BASE_JUDGED},
+        "strategies": {"n": 10, "tasks": "add2,count_letters", "strategies": "direct,cot,sc", "sc_n": 3, "max_tokens": 128},
     },
 }
 
@@ -245,17 +251,13 @@ def stage_compare(run: Path, spec: dict) -> dict:
     can still learn. Every alignment stage works on these cells and is judged on them."""
     from pocketchat.labeler import write_comparisons
     from pocketchat.tasks import get_task
-    from pocketchat.train.rl import probe_pass_rates, select_cells
+    from pocketchat.train.rl import choose_cells
 
     engine, out = _engine(run / "sft"), run / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    cells = [(t, s) for t in spec["tasks"].split(",") for s in spec["styles"].split(",")]
-    rates = probe_pass_rates(engine, cells, spec["probe_n"], spec["probe_samples"], 0, spec["max_tokens"])
-    cells = select_cells(rates, spec["pass_min"], spec["pass_max"])
-    for r in rates:
-        r["kept"] = (r["task"], r["style"]) in cells
-    (out / "probe.json").write_text(json.dumps({"pass_min": spec["pass_min"], "pass_max": spec["pass_max"],
-                                                "cells": rates}, indent=1) + "\n")
+    candidates = [(t, s) for t in spec["tasks"].split(",") for s in spec["styles"].split(",")]
+    cells = choose_cells(engine, candidates, spec["probe_n"], spec["probe_samples"], 0, spec["max_tokens"],
+                         spec["pass_min"], spec["pass_max"], out / "probe.json")
+    rates = json.loads((out / "probe.json").read_text())["cells"]
     metrics = {"cells": len(cells)}
     for split, n in (("train", spec["n"]), ("test", spec["test_n"])):
         per_cell = -(-n // len(cells))
@@ -304,23 +306,41 @@ def stage_rm(run: Path, spec: dict) -> dict:
 
 _graded_cache: dict[tuple, tuple] = {}  # the SFT and base models' report samples, shared by the stages
 
-JUDGE_KEYS = ("select_n", "report_n", "temperature")  # a stage spec's keys for `judge`, not for the stage's config
+# a stage spec's keys for `judge` and `retention`, not for the stage's config
+JUDGE_KEYS = ("select_n", "report_n", "temperature", "retention_n", "retention_styles")
 
 
-def _report_samples(run: Path, model_dir: Path, cells: list[tuple[str, str]], n: int, seed: int, temperature: float):
-    """(prompts, completions, graded records) of a model on the report part; cached for RUN's sft and base."""
+def _samples(run: Path, model_dir: Path, cells: list[tuple[str, str]], n: int, seed: int, temperature: float,
+             part: str = "report"):
+    """(engine, prompts, completions, graded records) of a model on a held-out part; cached for RUN's sft and base."""
     from pocketchat.alignment_eval import grade, held_out_cases, sample_cases
 
-    key = (str(model_dir), tuple(cells), n, seed, temperature)
+    key = (str(model_dir), tuple(cells), n, seed, temperature, part)
     if key in _graded_cache:
         return _graded_cache[key]
     engine = _engine(model_dir)
-    cases = held_out_cases(cells, n, seed, "report")
+    cases = held_out_cases(cells, n, seed, part)
     prompts, completions = sample_cases(engine, cases, seed, temperature=temperature)
     result = (engine, prompts, completions, grade(cases, completions, seed))
     if model_dir in (run / "sft", run / "base"):
         _graded_cache[key] = result
     return result
+
+
+def retention(run: Path, model_dir: Path, spec: dict) -> tuple[dict, list[dict]]:
+    """What finetuning cost elsewhere: the whole eval table (every task in retention_styles), greedy, on the
+    "select" part, paired with the model it is compared with (SFT; from --base, the model as given). Returns
+    the count of cells significantly worse and better (McNemar, p < 0.05) and the per-cell rows."""
+    from pocketchat.alignment_eval import paired_report
+
+    against = "base" if from_base(run) else "sft"
+    cells = [(t, s) for t in EVAL_TASKS.split(",") for s in spec["retention_styles"].split(",")]
+    n, seed = spec["retention_n"], spec.get("seed", 0)
+    mine = _samples(run, model_dir, cells, n, seed, 0.0, "select")[3]
+    rows = paired_report(mine, _samples(run, run / against, cells, n, seed, 0.0, "select")[3], cells, against)["cells"]
+    significant = [c for c in rows if c["p"] < 0.05]
+    return {"cells_worse": sum(c["diff"] < 0 for c in significant),
+            "cells_better": sum(c["diff"] > 0 for c in significant)}, rows
 
 
 def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) -> dict:
@@ -331,13 +351,13 @@ def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) 
     from pocketchat.lora import load_model
 
     seed, select_n, report_n, temperature = spec.get("seed", 0), spec["select_n"], spec["report_n"], spec.get("temperature", 1.0)
-    engine, prompts, completions, records = _report_samples(run, model_dir, cells, report_n, seed, temperature)
+    engine, prompts, completions, records = _samples(run, model_dir, cells, report_n, seed, temperature)
     baselines = (["base"] if model_dir == run / "sft" else ["base", "sft"]) if from_base(run) else ["sft"]
-    result = paired_report(records, _report_samples(run, run / baselines[0], cells, report_n, seed, temperature)[3],
+    result = paired_report(records, _samples(run, run / baselines[0], cells, report_n, seed, temperature)[3],
                            cells, baselines[0])
     metrics = result["metrics"] | {"temperature": temperature}
     if "sft" in baselines[1:]:
-        vs_sft = paired_report(records, _report_samples(run, run / "sft", cells, report_n, seed, temperature)[3], cells, "sft")
+        vs_sft = paired_report(records, _samples(run, run / "sft", cells, report_n, seed, temperature)[3], cells, "sft")
         metrics |= {f"{k}_sft" if k.startswith("p_") or k.endswith("_ci") else k: v for k, v in vs_sft["metrics"].items()
                     if k not in ("n", "accuracy", "gold")}
     if model_dir != run / "sft":
@@ -346,6 +366,10 @@ def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) 
             metrics |= sample_stats(engine, prompts, completions, sft)
         metrics |= {"select_gold": policy_eval(engine, sft, cells, select_n, seed)["gold"],
                     "select_gold_sft": policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]}
+    kept_rows = []
+    if "retention_n" in spec and model_dir != run / baselines[0]:
+        counts, kept_rows = retention(run, model_dir, spec)
+        metrics |= counts
     against = {"sft": "SFT", "base": "base"}[baselines[0]]
     header = (f"| task | style | n | {against} | this model | difference [95% CI] | won / lost | p |\n"
               "|---|---|---|---|---|---|---|---|")
@@ -354,7 +378,14 @@ def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) 
                                   f"{c['p']:.2g} |" for c in result["cells"]])
     samples = [f"{kind}: {x['task']} ({x['style']}), answer {x['answer']}\nuser: {x['question']}\n{against}: "
                f"{x['baseline']}\nthis model: {x['model']}" for kind in ("fixed", "broken") for x in result[kind]]
-    return {"metrics": metrics, "cells": result["cells"], "table": table, "samples": samples}
+    if kept_rows:
+        table += (f"\n\nThe whole eval table, greedy, {kept_rows[0]['n']} held-out \"select\" instances per cell against "
+                  f"{against}; significantly worse (p < 0.05): " +
+                  (", ".join(f"{c['task']}/{c['style']} {c['mean_a']:.0%} → {c['mean_b']:.0%}" for c in kept_rows
+                             if c["p"] < 0.05 and c["diff"] < 0) or "none") +
+                  "; better: " + (", ".join(f"{c['task']}/{c['style']} {c['mean_a']:.0%} → {c['mean_b']:.0%}"
+                                            for c in kept_rows if c["p"] < 0.05 and c["diff"] > 0) or "none") + ".")
+    return {"metrics": metrics, "cells": result["cells"], "retention": kept_rows, "table": table, "samples": samples}
 
 
 def _stage_rl(run: Path, spec: dict, name: str, algo: str, reward: str) -> dict:
@@ -409,13 +440,14 @@ def stage_diversity(run: Path, spec: dict) -> dict:
 
 def final_model(run: Path) -> str:
     """The folder the run ships: the aligned model (PPO, GRPO or DPO) with the best gold on the selection part
-    of the held-out instances, if it beats the SFT model there; otherwise the SFT model. The report's figures
-    come from the other part, so this choice never flatters them. Alignment that makes things worse doesn't ship."""
+    of the held-out instances, if it beats the SFT model there and no cell of the eval table got significantly
+    worse (`retention`); otherwise the SFT model. The report's figures come from the other part, so this choice
+    never flatters them. Alignment that makes the assistant worse, where it trained or elsewhere, doesn't ship."""
     report = read_report(run) if (run / "report.json").is_file() else {}
     best, best_margin = "sft", 0.0
     for name in ALIGNMENT:
         m = report.get(name, {}).get("metrics", {})
-        if "select_gold" not in m or not (run / name / "config.json").is_file():
+        if "select_gold" not in m or not (run / name / "config.json").is_file() or m.get("cells_worse", 0) > 0:
             continue
         margin = m["select_gold"] - m["select_gold_sft"]
         if margin > best_margin:

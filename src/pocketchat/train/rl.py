@@ -204,12 +204,12 @@ class RLTrainer:
 
     # ---- one episode ----------------------------------------------------------------------------------------
 
-    def rollout(self, step: int, prompts: list[RLPrompt], round: int = 0) -> Rollout:
+    def rollout(self, step: int, prompts: list[RLPrompt], rnd: int = 0) -> Rollout:
         """group_size samples of each prompt (consecutive rows), each with its own seed drawn from (seed, step,
-        round)."""
+        rollout round)."""
         cfg = self.cfg
         prompts = [p for p in prompts for _ in range(cfg.group_size)]
-        rng = random.Random(f"rl-sample/{cfg.seed}/{step}" + (f"/{round}" if round else ""))
+        rng = random.Random(f"rl-sample/{cfg.seed}/{step}" + (f"/{rnd}" if rnd else ""))
         params = [SamplingParams(temperature=1.0, max_tokens=cfg.max_tokens, logprobs=True, tools=p.tools,
                                  seed=rng.getrandbits(62)) for p in prompts]
         completions = self.engine.generate([p.ids for p in prompts], params)
@@ -218,10 +218,10 @@ class RLTrainer:
     def collect(self, step: int, prompts: list[RLPrompt], more_prompts: Callable[[int], list[RLPrompt]] | None
                 ) -> tuple[Rollout, Rollout, torch.Tensor, torch.Tensor, dict]:
         """(samples to learn from, round 0's samples, round 0's raw scores, processed scores of the samples to
-        learn from, sampling stats). With dynamic sampling (DAPO), groups whose
-        processed scores are all equal are dropped (their advantages are 0: they would only dilute the update)
-        and more_prompts(round) supplies prompts for further rollouts until the batch is full of groups that
-        carry signal, or max_rollout_rounds is reached. The logged reward is round 0's: the policy as it is."""
+        learn from, sampling stats). With dynamic sampling (DAPO), groups whose processed scores are all equal
+        are dropped (their advantages are 0: they would only dilute the update) and more_prompts(round) gives
+        prompts for further rollouts until the batch is full of groups that carry signal, or max_rollout_rounds
+        is reached. The logged reward and gold are round 0's: the policy as it is."""
         cfg = self.cfg
         ro = self.rollout(step, prompts)
         with torch.no_grad(), self.autocast():
@@ -537,24 +537,25 @@ def model_reward(rm: RewardModel, micro: int) -> RewardFn:
     return reward
 
 
-def training_cells(cfg: RLConfig, engine: Engine, cells: list[Cell], out: Path, resume: bool) -> list[Cell]:
-    """Probe the policy's pass rates (or read them back from out/probe.json on resume) and keep the cells with
-    room to learn."""
-    path, rates = out / "probe.json", None
-    if resume and path.is_file():
+def choose_cells(engine: Engine, cells: list[Cell], n: int, samples: int, seed: int, max_tokens: int,
+                 pass_min: float, pass_max: float, path: Path, reuse: bool = False) -> list[Cell]:
+    """Probe the policy's pass rates (`probe_pass_rates`; with reuse, read back from `path` if there) and keep
+    the cells with room to learn (`select_cells`); the rates, marked kept or not, go to `path` (JSON)."""
+    rates = None
+    if reuse and path.is_file():
         try:
             rates = json.loads(path.read_text())["cells"]
         except (ValueError, KeyError):  # torn by a crash: the probe is seeded, so measuring again gives the same
             rates = None
     if rates is None:
-        rates = probe_pass_rates(engine, cells, cfg.probe_n, cfg.probe_samples, cfg.seed, cfg.max_tokens)
-    kept = select_cells(rates, cfg.pass_min, cfg.pass_max)
+        rates = probe_pass_rates(engine, cells, n, samples, seed, max_tokens)
+    kept = select_cells(rates, pass_min, pass_max)
     for r in rates:
         r["kept"] = (r["task"], r["style"]) in kept
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pass_min": cfg.pass_min, "pass_max": cfg.pass_max, "cells": rates}, indent=1) + "\n")
-    print("pass rates before RL: " + ", ".join(f"{r['task']}/{r['style']} {r['pass_rate']:.2f}{'' if r['kept'] else ' (dropped)'}"
-                                               for r in rates))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pass_min": pass_min, "pass_max": pass_max, "cells": rates}, indent=1) + "\n")
+    print("pass rates: " + ", ".join(f"{r['task']}/{r['style']} {r['pass_rate']:.2f}{'' if r['kept'] else ' (dropped)'}"
+                                     for r in rates))
     return kept
 
 
@@ -590,7 +591,8 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         get_task(task), check_style(style)
     out = Path(out)
     if cfg.probe_n > 0:
-        cells = training_cells(cfg, Engine(policy, tokenizer), cells, out, resume)
+        cells = choose_cells(Engine(policy, tokenizer), cells, cfg.probe_n, cfg.probe_samples, cfg.seed, cfg.max_tokens,
+                             cfg.pass_min, cfg.pass_max, out / "probe.json", reuse=resume)
     pool = prompt_pool(cells, cfg.train_prompts, cfg.seed)
     n_prompts = cfg.batch_size // cfg.group_size
     if len(pool) < n_prompts:
