@@ -64,7 +64,8 @@ PRESETS: dict[str, dict[str, dict]] = {
                 "eval_every": 0, "eval_n": 0, **JUDGED},
         "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 25, "batch_size": 32, "minibatch_size": 16,
                  "max_tokens": 128, "lr": 3e-5, "eval_every": 0, "eval_n": 0, **JUDGED},
-        "dpo": {"preset": "tiny", "steps": 30, "eval_n": 0, **JUDGED},
+        # DPO at the tiny preset's lr (5e-5) drove the KL to 26 nats and accuracy from 51% to 30% in 30 steps
+        "dpo": {"preset": "tiny", "steps": 30, "lr": 1e-5, "eval_n": 0, **JUDGED},
         "diversity": {"prompts": 12, "samples": 4, "max_tokens": 48},
         "strategies": {"n": 15, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
     },
@@ -366,9 +367,9 @@ def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) 
             metrics |= sample_stats(engine, prompts, completions, sft)
         metrics |= {"select_gold": policy_eval(engine, sft, cells, select_n, seed)["gold"],
                     "select_gold_sft": policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]}
-    kept_rows = []
+    table_rows = []
     if "retention_n" in spec and model_dir != run / baselines[0]:
-        counts, kept_rows = retention(run, model_dir, spec)
+        counts, table_rows = retention(run, model_dir, spec)
         metrics |= counts
     against = {"sft": "SFT", "base": "base"}[baselines[0]]
     header = (f"| task | style | n | {against} | this model | difference [95% CI] | won / lost | p |\n"
@@ -378,14 +379,17 @@ def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) 
                                   f"{c['p']:.2g} |" for c in result["cells"]])
     samples = [f"{kind}: {x['task']} ({x['style']}), answer {x['answer']}\nuser: {x['question']}\n{against}: "
                f"{x['baseline']}\nthis model: {x['model']}" for kind in ("fixed", "broken") for x in result[kind]]
-    if kept_rows:
-        table += (f"\n\nThe whole eval table, greedy, {kept_rows[0]['n']} held-out \"select\" instances per cell against "
-                  f"{against}; significantly worse (p < 0.05): " +
-                  (", ".join(f"{c['task']}/{c['style']} {c['mean_a']:.0%} → {c['mean_b']:.0%}" for c in kept_rows
-                             if c["p"] < 0.05 and c["diff"] < 0) or "none") +
-                  "; better: " + (", ".join(f"{c['task']}/{c['style']} {c['mean_a']:.0%} → {c['mean_b']:.0%}"
-                                            for c in kept_rows if c["p"] < 0.05 and c["diff"] > 0) or "none") + ".")
-    return {"metrics": metrics, "cells": result["cells"], "retention": kept_rows, "table": table, "samples": samples}
+    if table_rows:
+        table += (f"\n\nThe whole eval table, greedy, {table_rows[0]['n']} held-out \"select\" instances per cell against "
+                  f"{against}; significantly worse (p < 0.05): {_moved(table_rows, worse=True)}; better: "
+                  f"{_moved(table_rows, worse=False)}.")
+    return {"metrics": metrics, "cells": result["cells"], "retention": table_rows, "table": table, "samples": samples}
+
+
+def _moved(rows: list[dict], worse: bool) -> str:
+    """The cells of a paired table that moved significantly (p < 0.05) down (worse) or up, with both figures."""
+    moved = [c for c in rows if c["p"] < 0.05 and (c["diff"] < 0) == worse]
+    return ", ".join(f"{c['task']}/{c['style']} {c['mean_a']:.0%} → {c['mean_b']:.0%}" for c in moved) or "none"
 
 
 def _stage_rl(run: Path, spec: dict, name: str, algo: str, reward: str) -> dict:
