@@ -56,10 +56,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--eval-n", type=int, default=30, help="held-out instances per task and style at each point")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--replot", action="store_true", help="only redraw the table and plot from OUT/overoptimization.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     run, out = Path(args.run), Path(args.out)
+    if args.replot:
+        report(json.loads((out / "overoptimization.json").read_text()), out)
+        return
     cells = alignment_cells(run)  # the task/style cells the run's comparisons, RM and RL worked on
     sft = load_model(run / "sft").eval()
     rm = RewardModel.from_pretrained(run / "rm").eval()
@@ -76,7 +80,11 @@ def main() -> None:
         points.append({"episode": episode, **held_out_point(out / "ppo", sft, rm, cells, args.eval_n, 0)})
         print(json.dumps(points[-1]), flush=True)
     (out / "overoptimization.json").write_text(json.dumps(points, indent=1) + "\n")
+    report(points, out)
 
+
+def report(points: list[dict], out: Path) -> None:
+    """Print the table and draw OUT/overoptimization.png."""
     print(f"\n{'episode':>7} | {'sqrt KL':>7} | {'RM reward':>9} | {'gold':>6}")
     for p in points:
         print(f"{p['episode']:>7} | {math.sqrt(max(p['kl'], 0)):>7.2f} | {p['rm_reward']:>9.3f} | {p['gold']:>6.3f}")
@@ -85,14 +93,17 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # points, not lines: the KL of a checkpoint need not grow with its episode, so each point is labelled with it
     x = [math.sqrt(max(p["kl"], 0)) for p in points]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(x, [p["rm_reward"] for p in points], marker="o", label="RM reward (proxy)")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.scatter(x, [p["rm_reward"] for p in points], marker="o", label="RM reward (proxy)")
     ax.set_xlabel("sqrt(KL to SFT), nats^0.5")
     ax.set_ylabel("RM reward")
     twin = ax.twinx()
-    twin.plot(x, [p["gold"] for p in points], marker="s", color="tab:orange", label="gold (labeler)")
-    twin.set_ylabel("gold score")
+    twin.scatter(x, [p["gold"] for p in points], marker="s", color="tab:orange", label="gold (labeler)")
+    for xi, p in zip(x, points):
+        twin.annotate(str(p["episode"]), (xi, p["gold"]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    twin.set_ylabel("gold score (labels: episode)")
     ax.set_title("PPO against the reward model: proxy vs gold")
     fig.legend(loc="upper left", bbox_to_anchor=(0, 1), bbox_transform=ax.transAxes, fontsize="small")
     fig.tight_layout()
