@@ -67,3 +67,23 @@ def test_held_out_parts_are_disjoint_fixed_and_inside_the_test_split():
         assert [e.question for e in task.held_out("report", 50, 0)] == [e.question for e in report[:50]]
     with pytest.raises(UserError, match="held-out part"):
         get_task("add2").held_out("train", 5, 0)
+
+
+def test_paired_report_pairs_records_by_case_and_cell():
+    from pocketchat.alignment_eval import paired_report
+
+    def records(correct: list[int], style: str) -> list[dict]:
+        return [{"task": "add2", "style": style, "question": f"q{i}", "answer": "1", "completion": str(c),
+                 "correct": bool(c), "gold": 0.7 * c} for i, c in enumerate(correct)]
+
+    sft = records([0] * 10 + [1] * 10, "direct") + records([1] * 20, "cot")
+    rl = records([1] * 10 + [1] * 10, "direct") + records([1] * 18 + [0] * 2, "cot")
+    r = paired_report(rl, sft, [("add2", "direct"), ("add2", "cot")], "sft")
+    m = r["metrics"]
+    assert m["n"] == 40 and m["accuracy_sft"] == 0.75 and m["accuracy"] == 0.95
+    assert m["p_accuracy"] == pytest.approx(binomial_two_sided(10, 12))
+    assert [(c["style"], c["wins"], c["losses"]) for c in r["cells"]] == [("direct", 10, 0), ("cot", 0, 2)]
+    assert r["cells"][0]["p"] == pytest.approx(2 / 1024) and r["cells"][1]["p"] == 0.5
+    assert len(r["fixed"]) == 3 and len(r["broken"]) == 2 and r["broken"][0]["model"] == "0"
+    with pytest.raises(UserError, match="2 baseline records for 1 cases"):
+        paired_report(rl[:1], sft[:2], [("add2", "direct")], "sft")
