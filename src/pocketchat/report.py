@@ -12,8 +12,8 @@ from pathlib import Path
 from pocketchat.errors import UserError
 from pocketchat.model import atomic_write_json
 
-STAGE_TITLES = {"import": "The pretrained model, as given", "pretrain": "Pretraining (base model)", "sft": "Supervised finetuning (chat model)",
-                "eval": "Task accuracy of the chat model", "compare": "Comparisons (programmatic labeler)",
+STAGE_TITLES = {"import": "The pretrained model, as given", "pretrain": "Pretraining (base model)",
+                "sft": "Supervised finetuning (chat model)", "eval": "Task accuracy of the chat model", "compare": "Comparisons (programmatic labeler)",
                 "rm": "Reward model", "ppo": "RLHF: PPO on the reward model", "grpo": "RL: GRPO on the task checker",
                 "dpo": "DPO on the comparisons", "diversity": "Output diversity: base vs SFT vs RL",
                 "strategies": "Strategies on the shipped model"}
@@ -90,15 +90,16 @@ def alignment_table(report: dict) -> str | None:
     ref = "base" if any("accuracy_base" in m for _, m in rows) else "sft"
     vs_sft = ref == "base"
     lines = [f"| model | n | accuracy: {ref} → model | Δ [95% CI] | p |{' p vs SFT |' if vs_sft else ''} gold: {ref} → model | "
-             f"Δ [95% CI] | p | KL to SFT | entropy | length |",
-             "|---|---|---|---|---|" + ("---|" if vs_sft else "") + "---|---|---|---|---|---|"]
+             f"Δ [95% CI] | p | KL to SFT | entropy | length | eval-table cells worse |",
+             "|---|---|---|---|---|" + ("---|" if vs_sft else "") + "---|---|---|---|---|---|---|"]
     for name, m in rows:
         (al, ah), (gl, gh) = m["accuracy_diff_ci"], m["gold_diff_ci"]
         extra = f" {m['p_accuracy_sft']:.2g} |" if "p_accuracy_sft" in m else (" |" if vs_sft else "")
         lines.append(f"| {name} | {m['n']} | {m[f'accuracy_{ref}']:.1%} → {m['accuracy']:.1%} | "
                      f"{m['accuracy'] - m[f'accuracy_{ref}']:+.1%} [{al:+.1%}, {ah:+.1%}] | {m['p_accuracy']:.2g} |{extra} "
                      f"{m[f'gold_{ref}']:.3f} → {m['gold']:.3f} | {m['gold'] - m[f'gold_{ref}']:+.3f} [{gl:+.3f}, {gh:+.3f}] | "
-                     f"{m['p_gold']:.2g} | {fmt(m.get('kl', ''))} | {fmt(m.get('entropy', ''))} | {fmt(m.get('length', ''))} |")
+                     f"{m['p_gold']:.2g} | {fmt(m.get('kl', ''))} | {fmt(m.get('entropy', ''))} | {fmt(m.get('length', ''))} | "
+                     f"{m.get('cells_worse', '')} |")
     return "\n".join(lines)
 
 
