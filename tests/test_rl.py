@@ -258,6 +258,15 @@ def test_rl_command_runs_grpo_on_the_tasks_and_refuses_bad_settings(sft, tmp_pat
     assert "not a checkpoint folder" in capsys.readouterr().err
 
 
+def test_ptx_mixes_the_sft_loss_into_every_optimizer_step(sft, tmp_path):
+    out = tmp_path / "grpo"
+    assert main(["rl", "--algo", "grpo", "--policy", str(sft), "--reward", "task", "--out", str(out), "--preset", "smoke",
+                 "--steps=2", "--eval_n=0", "--max_tokens=8", "--ptx_coef=0.5", "--ptx_batch_size=2"]) == 0
+    records = metrics(out)
+    assert all(r["ptx_loss"] > 0 for r in records)  # a random model's SFT loss: log(vocab) or so
+    assert main(["rl", "--algo", "grpo", "--policy", str(sft), "--out", str(tmp_path / "x"), "--ptx_coef=-1"]) == 2
+
+
 def test_rl_command_runs_ppo_against_a_reward_model(sft, tmp_path):
     rm_dir = tmp_path / "rm"
     RewardModel.from_causal_lm(CausalLM.from_pretrained(sft)).save_pretrained(rm_dir)

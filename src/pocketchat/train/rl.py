@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pocketchat.chat import CHAT_TEMPLATE, render_prompt
+from pocketchat.chat import CHAT_TEMPLATE, missing_tool_tokens, render_prompt, uses_tools
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
@@ -80,6 +80,8 @@ class RLConfig(TrainConfig):
     reward_clip: float = 0.0  # clip normalised scores to [-reward_clip, reward_clip]; 0: off
     missing_eos_penalty: float = 1.0  # subtracted from the score of a completion that hit max_tokens
     format_bonus: float = 0.0  # task reward: added when the completion has the asked format
+    ptx_coef: float = 0.0  # > 0: add this times the SFT loss on a batch of the embedded SFT mixture to every
+    ptx_batch_size: int = 8  # optimizer step (InstructGPT's PPO-ptx: keeps the skills RL does not train on)
     eval_n: int = 50  # held-out instances per task and style at each eval; 0: no eval
 
     def kl_kind(self) -> str:
@@ -174,7 +176,7 @@ class RLTrainer:
 
     def __init__(self, cfg: RLConfig, policy: CausalLM, tokenizer: Tokenizer, ref: CausalLM, reward_fn: RewardFn, *,
                  critic: RewardModel | None = None, gold_fn: RewardFn | None = None,
-                 reward_stats: tuple[float, float] | None = None):
+                 reward_stats: tuple[float, float] | None = None, ptx_data=None):
         validate(cfg)
         if (cfg.algo == "ppo") != (critic is not None):
             raise UserError(f"algo {cfg.algo} {'needs' if cfg.algo == 'ppo' else 'takes no'} critic")
@@ -182,6 +184,9 @@ class RLTrainer:
             raise UserError("reward_norm=stats needs the reward model's reward_stats.json (mean and std)")
         self.cfg, self.tokenizer, self.ref = cfg, tokenizer, ref.eval().requires_grad_(False)
         self.reward_fn, self.gold_fn, self.reward_stats = reward_fn, gold_fn, reward_stats
+        if cfg.ptx_coef > 0 and ptx_data is None:
+            raise UserError("ptx_coef > 0 needs SFT data to mix in (ptx_data)")
+        self.ptx_data = ptx_data  # an SFTDataset: get_batch(i, batch_size) is a pure function of i
         self.device = next(policy.parameters()).device
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
         self.optimizer = build_optimizer(self.learner, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
@@ -361,6 +366,14 @@ class RLTrainer:
                     (loss * weight).backward()
                     for k, v in parts.items():
                         totals[k] += (v.detach() * weight).item()
+                if cfg.ptx_coef > 0:  # the SFT loss on the next batch of the mixture: batch i of episode step
+                    batch = {k: v.to(self.device) for k, v in
+                             self.ptx_data.get_batch(step * 1000 + n_steps, cfg.ptx_batch_size).items()}
+                    with self.autocast():
+                        ptx = self.policy(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
+                                          attn_mask=batch["attn_mask"])
+                    (cfg.ptx_coef * ptx).backward()
+                    totals["ptx_loss"] += ptx.item()
                 if cfg.grad_clip > 0:
                     totals["grad_norm"] += nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip).item()
                 self.optimizer.step()
@@ -440,15 +453,16 @@ def validate(cfg: RLConfig) -> None:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
     if cfg.algo == "grpo" and cfg.group_size < 2:
         raise UserError(f"grpo normalises rewards within groups: group_size must be >= 2, got {cfg.group_size}")
-    for key in ("group_size", "minibatch_size", "epochs", "max_tokens", "probe_samples", "max_rollout_rounds"):
+    for key in ("group_size", "minibatch_size", "epochs", "max_tokens", "probe_samples", "max_rollout_rounds",
+                "ptx_batch_size"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.batch_size % cfg.group_size:
         raise UserError(f"batch_size {cfg.batch_size} is not a multiple of group_size {cfg.group_size}")
     if cfg.minibatch_size > cfg.batch_size:
         raise UserError(f"minibatch_size {cfg.minibatch_size} is larger than batch_size {cfg.batch_size}")
-    if cfg.probe_n < 0:
-        raise UserError(f"probe_n must be >= 0, got {cfg.probe_n}")
+    if cfg.probe_n < 0 or cfg.ptx_coef < 0:
+        raise UserError(f"probe_n and ptx_coef must be >= 0, got {cfg.probe_n} and {cfg.ptx_coef}")
     if not 0 <= cfg.pass_min <= cfg.pass_max <= 1:
         raise UserError(f"need 0 <= pass_min <= pass_max <= 1, got pass_min={cfg.pass_min}, pass_max={cfg.pass_max}")
 
@@ -615,7 +629,17 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
     def gold(ro: Rollout) -> torch.Tensor:  # the labeler's score, as in the held-out eval
         return torch.tensor([labeler.gold_score(p.example, p.style, c) for p, c in zip(ro.prompts, ro.completions)])
 
-    trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats)
+    ptx_data = None
+    if cfg.ptx_coef > 0:
+        from pocketchat.data.chat import SFTDataset
+        from pocketchat.data.sft_mixture import embedded_mixture
+
+        conversations = embedded_mixture(seed=cfg.seed)
+        if missing_tool_tokens(tokenizer):
+            conversations = [c for c in conversations if not uses_tools(c)]
+        ptx_data = SFTDataset(conversations, tokenizer, min(256, policy.config.max_position_embeddings), seed=cfg.seed)
+    trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats,
+                        ptx_data=ptx_data)
 
     def evaluate(model: CausalLM) -> dict:
         from pocketchat.alignment_eval import policy_eval
