@@ -85,11 +85,11 @@ def policy_eval(engine: Engine, ref_model: nn.Module, cells: Sequence[Cell], n: 
     """gold, accuracy, kl, entropy, length and ended (see the module docstring), each a mean over n held-out
     instances of every (task, style) cell. Evals while training use the "select" part; the report's
     figures come from the "report" part (`paired_report`)."""
-    labeler = ProgrammaticLabeler(seed)
     cases = held_out_cases(cells, n, seed, part)
     prompts, completions = sample_cases(engine, cases, seed, max_tokens)
-    return {"gold": sum(labeler.gold_score(e, s, c) for (e, s), c in zip(cases, completions)) / len(cases),
-            "accuracy": sum(check(e, c.text) for (e, _), c in zip(cases, completions)) / len(cases),
+    records = grade(cases, completions, seed)
+    return {"gold": sum(r["gold"] for r in records) / len(records),
+            "accuracy": sum(r["correct"] for r in records) / len(records),
             **sample_stats(engine, prompts, completions, ref_model)}
 
 

@@ -262,6 +262,12 @@ def uses_tools(messages: list[dict]) -> bool:
     return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
 
 
+def renderable(tokenizer: Tokenizer, conversations: list[list[dict]]) -> list[list[dict]]:
+    """The conversations this tokenizer's chat format can train on: all of them, or, without the tool-call
+    tokens (e.g. SmolLM2, whose template cannot write a call we could run), those that call no tools."""
+    return [c for c in conversations if not uses_tools(c)] if missing_tool_tokens(tokenizer) else conversations
+
+
 def render(tokenizer: Tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and loss mask (1 = trained) of a conversation, in the tokenizer's chat format.
 

@@ -25,6 +25,7 @@ EVAL_TASKS = "add2,add,mul,word,count_letters,sort_list,units"
 # How an aligned model is judged (see `judge`): report and select instances per cell, and the greedy eval table on
 # retention_n select instances per cell, which decides whether it may ship.
 JUDGED = {"select_n": 50, "report_n": 200, "retention_n": 30, "retention_styles": "direct,cot,tool"}
+SMOKE_JUDGED = {"select_n": 4, "report_n": 6, "retention_n": 2, "retention_styles": "direct"}
 
 # Per stage: the stage's own preset plus overrides. `default` is the ~25-minute CPU run, `smoke` CI's, and `full`
 # every stage at its own `tiny` preset (~50 minutes on 2 CPU cores).
@@ -37,12 +38,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "compare": {"n": 48, "test_n": 24, "k": 4, "tasks": "add2", "styles": "direct", "max_tokens": 24, "probe_n": 2,
                     "probe_samples": 2, "pass_min": 0.0, "pass_max": 1.0},
         "rm": {"preset": "smoke", "steps": 8, "seq_len": 128},
-        "ppo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "select_n": 4, "report_n": 6,
-                "retention_n": 2, "retention_styles": "direct"},
-        "grpo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "dynamic_sampling": True, "select_n": 4,
-                 "report_n": 6, "retention_n": 2, "retention_styles": "direct"},
+        "ppo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, **SMOKE_JUDGED},
+        "grpo": {"preset": "smoke", "steps": 2, "max_tokens": 16, "eval_n": 4, "dynamic_sampling": True, **SMOKE_JUDGED},
         "dpo": {"preset": "smoke", "steps": 4, "seq_len": 128, "eval_n": 4, "eval_tasks": "add2", "eval_styles": "direct",
-                "select_n": 4, "report_n": 6, "retention_n": 2, "retention_styles": "direct"},
+                **SMOKE_JUDGED},
         "diversity": {"prompts": 4, "samples": 3, "max_tokens": 16},
         "strategies": {"n": 3, "tasks": "add2", "strategies": "direct,cot,sc,tool", "sc_n": 3, "max_tokens": 48},
     },
@@ -99,17 +98,14 @@ BASE_PRESETS: dict[str, dict[str, dict]] = {
     "smoke": {
         "import": {},
         "sft": {"preset": "smoke", "seq_len": 128, "lora": "r=4,alpha=8", "judge_cells": "add2/direct",
-                "select_n": 4, "report_n": 6, "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
+                **SMOKE_JUDGED, "temperature": 0.0},
         "eval": {"n": 4, "tasks": "add2", "styles": "direct,cot"},
         "compare": {"n": 16, "test_n": 8, "k": 2, "tasks": "add2", "styles": "direct", "max_tokens": 16, "probe_n": 2,
                     "probe_samples": 2, "pass_min": 0.0, "pass_max": 1.0},
         "rm": {"preset": "smoke", "steps": 2, "seq_len": 128},
-        "ppo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, "select_n": 4, "report_n": 6,
-                "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
-        "grpo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, "select_n": 4, "report_n": 6,
-                 "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
-        "dpo": {"preset": "smoke", "steps": 2, "seq_len": 128, "eval_n": 0, "select_n": 4, "report_n": 6,
-                "temperature": 0.0, "retention_n": 2, "retention_styles": "direct"},
+        "ppo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, **SMOKE_JUDGED, "temperature": 0.0},
+        "grpo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, **SMOKE_JUDGED, "temperature": 0.0},
+        "dpo": {"preset": "smoke", "steps": 2, "seq_len": 128, "eval_n": 0, **SMOKE_JUDGED, "temperature": 0.0},
         "strategies": {"n": 2, "tasks": "add2", "strategies": "direct,cot", "sc_n": 2, "max_tokens": 32},
     },
     "default": {
@@ -253,12 +249,13 @@ def stage_compare(run: Path, spec: dict) -> dict:
     between pass_min and pass_max (compare/probe.json). There its samples are sometimes right and sometimes
     wrong, so the comparisons teach the RM what a right answer is, and PPO, GRPO and DPO train where the policy
     can still learn. Every alignment stage works on these cells and is judged on them."""
+    from pocketchat.alignment_eval import cells_of
     from pocketchat.labeler import write_comparisons
     from pocketchat.tasks import get_task
     from pocketchat.train.rl import choose_cells
 
     engine, out = _engine(run / "sft"), run / "compare"
-    candidates = [(t, s) for t in spec["tasks"].split(",") for s in spec["styles"].split(",")]
+    candidates = cells_of(spec["tasks"].split(","), spec["styles"].split(","))
     cells = choose_cells(engine, candidates, spec["probe_n"], spec["probe_samples"], 0, spec["max_tokens"],
                          spec["pass_min"], spec["pass_max"], out / "probe.json")
     rates = json.loads((out / "probe.json").read_text())["cells"]
@@ -308,7 +305,7 @@ def stage_rm(run: Path, spec: dict) -> dict:
 # "select" part to decide whether it ships (`final_model`), and on the "report" part, paired with the SFT model
 # on the same instances and seeds, for the figures the report card shows (`judge`).
 
-_graded_cache: dict[tuple, tuple] = {}  # the SFT and base models' report samples, shared by the stages
+_graded_cache: dict[tuple, object] = {}  # the SFT and base models' samples and select gold, shared by the stages
 
 # a stage spec's keys for `judge` and `retention`, not for the stage's config
 JUDGE_KEYS = ("select_n", "report_n", "temperature", "retention_n", "retention_styles")
@@ -335,10 +332,10 @@ def retention(run: Path, model_dir: Path, spec: dict) -> tuple[dict, list[dict]]
     """What finetuning cost elsewhere: the whole eval table (every task in retention_styles), greedy, on the
     "select" part, paired with the model it is compared with (SFT; from --base, the model as given). Returns
     the count of cells significantly worse and better (McNemar, p < 0.05) and the per-cell rows."""
-    from pocketchat.alignment_eval import paired_report
+    from pocketchat.alignment_eval import cells_of, paired_report
 
     against = "base" if from_base(run) else "sft"
-    cells = [(t, s) for t in EVAL_TASKS.split(",") for s in spec["retention_styles"].split(",")]
+    cells = cells_of(EVAL_TASKS.split(","), spec["retention_styles"].split(","))
     n, seed = spec["retention_n"], spec.get("seed", 0)
     mine = _samples(run, model_dir, cells, n, seed, 0.0, "select")[3]
     rows = paired_report(mine, _samples(run, run / against, cells, n, seed, 0.0, "select")[3], cells, against)["cells"]
@@ -368,8 +365,11 @@ def judge(run: Path, model_dir: Path, cells: list[tuple[str, str]], spec: dict) 
         sft = load_model(run / "sft").eval()
         if temperature == 1.0:  # the KL estimate is unbiased only for samples of the policy itself
             metrics |= sample_stats(engine, prompts, completions, sft)
+        key = ("select_gold", str(run), tuple(cells), select_n, seed)  # the SFT model's, the same for every stage
+        if key not in _graded_cache:
+            _graded_cache[key] = policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]
         metrics |= {"select_gold": policy_eval(engine, sft, cells, select_n, seed)["gold"],
-                    "select_gold_sft": policy_eval(_engine(run / "sft"), sft, cells, select_n, seed)["gold"]}
+                    "select_gold_sft": _graded_cache[key]}
     table_rows = []
     if "retention_n" in spec and model_dir != run / baselines[0]:
         counts, table_rows = retention(run, model_dir, spec)

@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pocketchat.chat import CHAT_TEMPLATE, missing_tool_tokens, render_prompt, uses_tools
+from pocketchat.alignment_eval import Cell, cells_of, policy_eval
+from pocketchat.chat import CHAT_TEMPLATE, render_prompt, renderable
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
@@ -366,7 +367,7 @@ class RLTrainer:
                     (loss * weight).backward()
                     for k, v in parts.items():
                         totals[k] += (v.detach() * weight).item()
-                if cfg.ptx_coef > 0:  # the SFT loss on the next batch of the mixture: batch i of episode step
+                if cfg.ptx_coef > 0:  # the SFT loss on batch (step, i) of the mixture (far fewer than 1000 steps an episode)
                     batch = {k: v.to(self.device) for k, v in
                              self.ptx_data.get_batch(step * 1000 + n_steps, cfg.ptx_batch_size).items()}
                     with self.autocast():
@@ -468,9 +469,6 @@ def validate(cfg: RLConfig) -> None:
 
 
 # ---- which prompts: cells where the policy can learn ------------------------------------------------------------
-
-Cell = tuple[str, str]  # (task, style)
-
 
 @torch.no_grad()
 def probe_pass_rates(engine: Engine, cells: list[Cell], n: int, samples: int, seed: int, max_tokens: int) -> list[dict]:
@@ -600,7 +598,8 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
     if cfg.algo == "ppo":  # the critic starts as the RM: it already knows what scores high
         critic = RewardModel.from_pretrained(cfg.reward, device=device) if rm is not None else RewardModel.from_causal_lm(policy)
 
-    cells = parse_cells(cfg.cells) if cfg.cells else [(t, s) for t in cfg.tasks.split(",") if t for s in cfg.styles.split(",") if s]
+    cells = parse_cells(cfg.cells) if cfg.cells else cells_of(list(filter(None, cfg.tasks.split(","))),
+                                                               list(filter(None, cfg.styles.split(","))))
     for task, style in cells:
         get_task(task), check_style(style)
     out = Path(out)
@@ -634,16 +633,12 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         from pocketchat.data.chat import SFTDataset
         from pocketchat.data.sft_mixture import embedded_mixture
 
-        conversations = embedded_mixture(seed=cfg.seed)
-        if missing_tool_tokens(tokenizer):
-            conversations = [c for c in conversations if not uses_tools(c)]
-        ptx_data = SFTDataset(conversations, tokenizer, min(256, policy.config.max_position_embeddings), seed=cfg.seed)
+        ptx_data = SFTDataset(renderable(tokenizer, embedded_mixture(seed=cfg.seed)), tokenizer,
+                              min(256, policy.config.max_position_embeddings), seed=cfg.seed)
     trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats,
                         ptx_data=ptx_data)
 
     def evaluate(model: CausalLM) -> dict:
-        from pocketchat.alignment_eval import policy_eval
-
         result = policy_eval(Engine(model, tokenizer), ref, cells, cfg.eval_n, cfg.seed)
         return {f"eval/{k}": v for k, v in result.items()}
 

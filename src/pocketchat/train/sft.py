@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketchat.chat import CHAT_TEMPLATE, missing_tool_tokens, uses_tools
+from pocketchat.chat import CHAT_TEMPLATE, renderable
 from pocketchat.config import TrainConfig
 from pocketchat.data.chat import SFTDataset, load_chat_jsonl
 from pocketchat.data.sft_mixture import embedded_mixture
@@ -79,14 +79,13 @@ def run(cfg: SFTConfig, model_dir: str | Path, out: str | Path, resume: bool = F
         inject_lora(model, lora_cfg)
 
     conversations = load_conversations(cfg)
-    if missing_tool_tokens(tokenizer):  # e.g. SmolLM2: its template cannot write a tool call we could run
-        kept = [c for c in conversations if not uses_tools(c)]
-        if info.is_main and len(kept) < len(conversations):
-            print(f"note: {model_dir}'s tokenizer has no tool-call tokens; {len(conversations) - len(kept):,} "
-                  "conversations that call tools are left out")
-        if not kept:
-            raise UserError(f"{model_dir}'s tokenizer has no tool-call tokens, and every conversation calls tools")
-        conversations = kept
+    kept = renderable(tokenizer, conversations)
+    if info.is_main and len(kept) < len(conversations):
+        print(f"note: {model_dir}'s tokenizer has no tool-call tokens; {len(conversations) - len(kept):,} "
+              "conversations that call tools are left out")
+    if not kept:
+        raise UserError(f"{model_dir}'s tokenizer has no tool-call tokens, and every conversation calls tools")
+    conversations = kept
     random.Random(cfg.seed).shuffle(conversations)
     n_val = max(1, int(len(conversations) * cfg.val_fraction))
     train_set = SFTDataset(conversations[n_val:], tokenizer, cfg.seq_len, seed=cfg.seed)
