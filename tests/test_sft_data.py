@@ -318,3 +318,12 @@ def test_task_conversations_sets_the_task_share_of_the_embedded_mixture():
 
     few, many = (load_conversations(SFTConfig(task_conversations=n)) for n in (100, 1000))
     assert len(many) - len(few) == 900  # 10 tasks, n // 10 instances each; the other sources are unchanged
+
+
+def test_direct_equations_restate_the_sums_of_the_direct_replies_and_change_nothing_else():
+    from pocketchat.train.sft import SFTConfig, load_conversations
+
+    plain, restated = (load_conversations(SFTConfig(task_conversations=200, direct_equations=flag)) for flag in (False, True))
+    changed = [(a, b) for a, b in zip(plain, restated) if a != b]
+    assert changed and all(a[:-1] == b[:-1] for a, b in changed)  # same conversations, same order: only replies differ
+    assert all(b[-1]["content"] == f"{b[-1]['content'].split(' = ')[0]} = {a[-1]['content']}" for a, b in changed)

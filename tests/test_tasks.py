@@ -345,6 +345,20 @@ def test_format_ok():
     assert format_ok(spell, "2 letters\nAnswer: a-b", "tool")  # no arithmetic: tool is judged as cot
 
 
+def test_direct_equation_replies_restate_one_step_arithmetic():
+    add, word = get_task("add2").generate("train", 1, 0)[0], get_task("word").generate("train", 20, 0)
+    a, b = add.calls[0].expression.split("+")
+    reply = to_messages(add, "direct", equation=True)[-1]["content"]
+    assert reply == f"{a} + {b} = {add.answer}" and to_messages(add, "direct")[-1]["content"] == add.answer
+    assert check(add, reply) and format_ok(add, reply, "direct")
+    assert not check(add, f"{a} + {b} = {wrong_answer(add)}")
+    assert not format_ok(add, f"{a} + {b} is {add.answer}", "direct")  # an equation, or the bare answer
+    several = next(e for e in word if len(e.calls) > 1)  # several steps: no single computation to restate
+    assert to_messages(several, "direct", equation=True)[-1]["content"] == several.answer
+    spell = _example("spell", "a-b")
+    assert not format_ok(spell, "1 + 1 = a-b", "direct")  # only number answers come as an equation
+
+
 def test_score():
     examples = get_task("add").generate("test", 4, seed=0)
     completions = [examples[0].answer, f"work\nAnswer: {examples[1].answer}", "7",

@@ -90,10 +90,14 @@ PRESETS: dict[str, dict[str, dict]] = {
 # From a pretrained model (`speedrun --base`): the stages after pretraining, sized for a ~135 M-parameter model on
 # 2 CPU cores (SmolLM2-135M-Instruct: ~5 s per LoRA SFT step of 8 x 256 tokens, ~25 s per RL episode of 16). SFT
 # trains LoRA adapters; every model is judged greedily against the model as given, SFT on judge_cells and the
-# aligned models on the cells the compare stage picks (n = report_n per cell). No tool style: a model without
-# tool-call tokens (SmolLM2) cannot call the calculator the way the engine runs it.
+# aligned models on the cells the compare stage picks (n = report_n per cell), and the whole eval table on the
+# select part (retention). No tool style: a model without tool-call tokens (SmolLM2) cannot call the calculator
+# the way the engine runs it. Direct replies to arithmetic restate it ("13 + 70 = 83", direct_equations): trained to
+# give the bare number, SmolLM2 fell from 21.5% to 2.5% on 2-digit sums. RL at lr 5e-6 moved no weight by more than
+# 1e-4 in 10 episodes (the aligned models answered as SFT did); ptx keeps the mixture's skills while it moves.
 BASE_JUDGE_CELLS = "add2/direct,count_letters/direct,units/direct"
-BASE_JUDGED = {"select_n": 30, "report_n": 200, "temperature": 0.0, "retention_n": 20, "retention_styles": "direct"}
+BASE_JUDGED = {"select_n": 30, "report_n": 200, "temperature": 0.0, "retention_n": 40, "retention_styles": "direct,cot"}
+BASE_PTX = {"ptx_coef": 0.2, "ptx_batch_size": 8, "direct_equations": True}
 BASE_PRESETS: dict[str, dict[str, dict]] = {
     "smoke": {
         "import": {},
@@ -111,17 +115,19 @@ BASE_PRESETS: dict[str, dict[str, dict]] = {
     "default": {
         "import": {},
         "sft": {"preset": "lora", "steps": 100, "batch_size": 8, "seq_len": 256, "lora": "r=16,alpha=32",
-                "eval_every": 0, "save_every": 25, "judge_cells": BASE_JUDGE_CELLS, **BASE_JUDGED},
+                "direct_equations": True, "eval_every": 0, "save_every": 25, "judge_cells": BASE_JUDGE_CELLS,
+                **BASE_JUDGED},
         "eval": {"n": 15, "tasks": EVAL_TASKS, "styles": "direct,cot"},
         "compare": {"n": 120, "test_n": 40, "k": 4, "tasks": EVAL_TASKS, "styles": "direct", "max_tokens": 64,
                     "probe_n": 8, "probe_samples": 4, "pass_min": 0.1, "pass_max": 0.9},
         "rm": {"preset": "tiny", "steps": 40, "batch_size": 8, "seq_len": 192, "lr": 2e-5, "warmup_steps": 4,
                "eval_every": 0, "save_every": 20},
-        "ppo": {"preset": "tiny", "steps": 8, "batch_size": 16, "minibatch_size": 8, "max_tokens": 64, "lr": 5e-6,
-                "epochs": 1, "eval_every": 0, "eval_n": 0, "save_every": 4, **BASE_JUDGED},
+        "ppo": {"preset": "tiny", "steps": 8, "batch_size": 16, "minibatch_size": 8, "max_tokens": 64, "lr": 2e-5,
+                "epochs": 1, "eval_every": 0, "eval_n": 0, "save_every": 4, **BASE_PTX, **BASE_JUDGED},
         "grpo": {"preset": "tiny", "dynamic_sampling": True, "steps": 10, "batch_size": 16, "minibatch_size": 8,
-                 "max_tokens": 64, "lr": 5e-6, "epochs": 1, "eval_every": 0, "eval_n": 0, "save_every": 5, **BASE_JUDGED},
-        "dpo": {"preset": "tiny", "steps": 15, "batch_size": 8, "seq_len": 192, "lr": 5e-6, "warmup_steps": 2,
+                 "max_tokens": 64, "lr": 2e-5, "epochs": 1, "eval_every": 0, "eval_n": 0, "save_every": 5, **BASE_PTX,
+                 **BASE_JUDGED},
+        "dpo": {"preset": "tiny", "steps": 15, "batch_size": 8, "seq_len": 192, "lr": 1e-5, "warmup_steps": 2,
                 "eval_every": 0, "eval_n": 0, "save_every": 15, **BASE_JUDGED},
         "strategies": {"n": 10, "tasks": "add2,count_letters", "strategies": "direct,cot,sc", "sc_n": 3, "max_tokens": 128},
     },

@@ -265,11 +265,13 @@ def json_answer_conversations(n: int, rng: random.Random) -> list[Conversation]:
 
 # -- the task suite -----------------------------------------------------------------------------------------
 
-def task_conversations(n: int, seed: int) -> list[Conversation]:
-    """About n conversations from the verifiable tasks (train split), spread evenly over tasks and styles."""
+def task_conversations(n: int, seed: int, direct_equations: bool = False) -> list[Conversation]:
+    """About n conversations from the verifiable tasks (train split), spread evenly over tasks and styles;
+    direct_equations: direct replies to one-step arithmetic restate it (`tasks.render.direct_reply`)."""
     from pocketchat.tasks import TASKS, mixture, to_messages
 
-    return [to_messages(example, style) for example, style in mixture("train", max(1, n // len(TASKS)), seed)]
+    return [to_messages(example, style, equation=direct_equations)
+            for example, style in mixture("train", max(1, n // len(TASKS)), seed)]
 
 
 # -- ShareGPT (optional) ------------------------------------------------------------------------------------
@@ -361,7 +363,7 @@ def _repeat_to(items: list[Conversation], n: int, rng: random.Random) -> list[Co
 
 def embedded_mixture(seed: int = 0, *, tasks: int = 6000, smalltalk: int = 1500, identity: int = 400,
                      grounded_qa: int = 2000, json_answers: int = 1500, sharegpt: bool = False,
-                     sharegpt_count: int = 2000) -> list[Conversation]:
+                     sharegpt_count: int = 2000, direct_equations: bool = False) -> list[Conversation]:
     """The default SFT data: about `tasks + smalltalk + ...` conversations, shuffled (see module docstring).
 
     smalltalk larger than the corpus (~870 conversations) repeats it; sharegpt_count is an upper bound."""
@@ -375,7 +377,7 @@ def embedded_mixture(seed: int = 0, *, tasks: int = 6000, smalltalk: int = 1500,
             raise UserError(f"mixture count {name} must be >= 0, got {count}")
     out = []
     if tasks:
-        out += task_conversations(tasks, seed)
+        out += task_conversations(tasks, seed, direct_equations)
     if smalltalk:
         out += _repeat_to(smalltalk_conversations(), smalltalk, rng("smalltalk"))
     out += identity_conversations(identity, rng("identity"))

@@ -18,6 +18,7 @@ from pocketchat.tasks.render import rendered_style
 _ANSWER = re.compile(r"\banswer:[ \t]*([^\n]*)", re.IGNORECASE)
 _ANSWER_LINE = re.compile(r"answer:\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*")
+_EQUATION = re.compile(r"[\d\s+\-*/().]+=\s*(.+)")  # "13 + 70 = 83": a direct reply that restates its sum
 # ChatML's tag (pocketchat.chat.TOOL_CALL) followed by the JSON that names the calculator
 _CALCULATOR_CALL = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"calculator"')
 
@@ -54,13 +55,15 @@ def check(example: Example, completion: str) -> bool:
 
 def format_ok(example: Example, completion: str, style: str) -> bool:
     """Whether the completion has the shape `style` asks for, right or wrong: direct = one line that is a
-    bare answer of the task's kind; cot = steps, then a last line "Answer: X"; tool = a calculator call and
+    bare answer of the task's kind, or a computation "= answer" (render.direct_reply with equation); cot = steps, then a last line "Answer: X"; tool = a calculator call and
     a last line "Answer: X". (A task without arithmetic renders tool as cot, and is judged as cot.)"""
     kind = get_task(example.task).kind
     style = rendered_style(example, style)
     lines = [line.strip() for line in completion.splitlines() if line.strip()]
     if style == "direct":
-        return len(lines) == 1 and bool(kind.shape.fullmatch(kind.normalize(lines[0])))
+        equation = _EQUATION.fullmatch(lines[0]) if len(lines) == 1 and kind.name == "number" else None
+        answer = equation.group(1) if equation else lines[0] if len(lines) == 1 else ""
+        return bool(kind.shape.fullmatch(kind.normalize(answer)))
     final = _ANSWER_LINE.fullmatch(lines[-1]) if lines else None
     if final is None or not kind.shape.fullmatch(kind.normalize(final.group(1))):
         return False

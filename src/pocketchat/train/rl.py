@@ -83,6 +83,7 @@ class RLConfig(TrainConfig):
     format_bonus: float = 0.0  # task reward: added when the completion has the asked format
     ptx_coef: float = 0.0  # > 0: add this times the SFT loss on a batch of the embedded SFT mixture to every
     ptx_batch_size: int = 8  # optimizer step (InstructGPT's PPO-ptx: keeps the skills RL does not train on)
+    direct_equations: bool = False  # the mixture as SFT saw it (SFTConfig.direct_equations)
     eval_n: int = 50  # held-out instances per task and style at each eval; 0: no eval
 
     def kl_kind(self) -> str:
@@ -633,8 +634,9 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         from pocketchat.data.chat import SFTDataset
         from pocketchat.data.sft_mixture import embedded_mixture
 
-        ptx_data = SFTDataset(renderable(tokenizer, embedded_mixture(seed=cfg.seed)), tokenizer,
-                              min(256, policy.config.max_position_embeddings), seed=cfg.seed)
+        mixture = embedded_mixture(seed=cfg.seed, direct_equations=cfg.direct_equations)
+        ptx_data = SFTDataset(renderable(tokenizer, mixture), tokenizer, min(256, policy.config.max_position_embeddings),
+                              seed=cfg.seed)
     trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats,
                         ptx_data=ptx_data)
 

