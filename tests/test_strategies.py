@@ -20,6 +20,8 @@ from pocketchat.strategies.llm import ChatBackend, _Raw
 from pocketchat.strategies.react import Action, parse_reply
 from pocketchat.strategies.consistency import tally, vote
 from pocketchat.strategies.cot import extract_number, read_number
+from pocketchat.strategies.dialogue import EXCHANGES, HEADER, dialogue_document
+from pocketchat.strategies.expert import EXPERT_INSTRUCTION
 from pocketchat.strategies.llm import parallel_map
 from pocketchat.strategies.run import (STRATEGIES, Settings, evaluate, format_trace, question_problem, solve, solve_all,
                                        task_problems)
@@ -36,13 +38,16 @@ class Scripted(ChatBackend):
         self.reply, self.log = reply, []
 
     def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
-        self.log.append({"messages": list(messages), "n": n, "temperature": temperature, "stop": stop, "seed": seed,
+        self.log.append({"messages": messages if isinstance(messages, str) else list(messages), "n": n, "temperature": temperature, "stop": stop, "seed": seed,
                          "tools": tools})
         out = []
         for i, r in enumerate(self.reply(messages, n, seed)):
             text, calls = (r, []) if isinstance(r, str) else r
             out.append(_Raw(text, calls, 3, 10 if i == 0 else 0, "stop"))
         return out
+
+    def _sample_text(self, prompt, n, temperature, max_tokens, stop, seed):  # reply() gets the document
+        return self._sample(prompt, n, temperature, max_tokens, stop, seed, None)
 
 
 def replies(*texts):
@@ -398,6 +403,42 @@ def test_evaluate_grades_puzzles_exactly_and_counts_tokens():
         solve(shot_llm, "magic", question_problem("q"))
 
 
+def test_expert_strategy_asks_an_expert_for_a_careful_answer_and_reads_it():
+    model = replies("Carrying the one: 37+45 = 82.\nAnswer: 82")
+    problem = task_problems("add2", "test", 1)[0]
+    r = solve(model, "expert", problem, Settings(max_tokens=50))
+    (call,) = model.log
+    system, user = call["messages"]
+    assert system == {"role": "system", "content": "You are a leading expert in mathematics. You work carefully and "
+                                                   "your answers are always right."}
+    assert user["content"] == f"{problem.question} {EXPERT_INSTRUCTION}" and call["temperature"] == 0.0
+    assert r.answer == "82" and format_trace("expert", r).startswith("text: Carrying")
+    letters = task_problems("spell", "test", 1)[0]
+    solve(model := replies("3"), "expert", letters, Settings(), shots=[[{"role": "user", "content": "q"},
+                                                                         {"role": "assistant", "content": "a"}]])
+    assert "expert in spelling" in model.log[0]["messages"][0]["content"]
+    assert [m["role"] for m in model.log[0]["messages"]] == ["system", "user", "assistant", "user"]  # shots after it
+
+
+def test_dialogue_strategy_continues_a_helpful_transcript_and_stops_at_the_next_user_turn():
+    problem = task_problems("add2", "test", 1)[0]
+    a, b = problem.question.removeprefix("Add ").removesuffix(".").split(" and ")
+    model = replies(f" {a} + {b} = {int(a) + int(b)}")
+    r = solve(model, "dialogue", problem, Settings(max_tokens=20))
+    (call,) = model.log
+    document, question = call["messages"], problem.prompt("direct")[0]["content"]
+    assert document == dialogue_document(question) and isinstance(document, str)
+    assert document.startswith(HEADER) and document.endswith(f"\n\nUser: {question}\nAssistant:")
+    assert all(f"User: {q}\nAssistant: {a}" in document for q, a in EXCHANGES)
+    assert call["stop"] == ["\nUser:"] and r.answer == str(int(a) + int(b)) and problem.grade(r.answer)
+    model = replies("9")
+    evaluate(model, "dialogue", "add2", 1, Settings(shots=2))
+    shots = task_problems("add2", "train", 2)
+    document = model.log[0]["messages"]
+    assert all(f"User: {p.prompt('direct')[0]['content']}\nAssistant: {p.reference('direct')[-1]['content']}\n"
+               in document for p in shots)  # few-shot: solved train instances as earlier exchanges
+
+
 # ---- a tiny real model -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -477,6 +518,12 @@ def test_ask_command(tiny, capsys):
     assert re.search(r"^answer: ", out, re.M)
     assert main(["ask", "--model", str(tiny), "--strategy", "cot", "--task", "reach", "--n-eval", "2", "--max-tokens", "4"]) == 0
     assert re.search(r"cot on 2 held-out reach instances: accuracy \d+\.\d%, \d+ tokens per instance", capsys.readouterr().out)
+    for strategy in ("expert", "dialogue"):
+        assert main(["ask", "--model", str(tiny), "--strategy", strategy, "--max-tokens", "4", "What is 12 + 30?"]) == 0
+        assert re.search(r"^text: .*\n.*in 1 calls\nanswer: ", capsys.readouterr().out, re.M)
+        assert main(["ask", "--model", str(tiny), "--strategy", strategy, "--task", "add2", "--shots", "1", "--n-eval", "2",
+                     "--max-tokens", "4"]) == 0
+        assert f"{strategy} on 2 held-out add2 instances: accuracy" in capsys.readouterr().out
     assert main(["ask", "--model", str(tiny)]) == 2
     assert "give a QUESTION" in capsys.readouterr().err
     assert main(["ask", "--model", str(tiny), "--strategy", "cot", "--shots", "2", "q"]) == 2
@@ -502,6 +549,14 @@ def test_openai_backend_matches_the_local_engine_through_a_live_server(local):
             g.tokens for g in local.complete(messages, n=3, temperature=1.0, max_tokens=10, seed=1))
         r = solve(remote, "sc", question_problem("What is 12 + 30?"), Settings(n=2, max_tokens=6))
         assert r.usage.calls == 1 and r.usage.prompt_tokens == mine[0].prompt_tokens
+        document = dialogue_document("What is 12 + 30?")  # plain text through /v1/completions
+        assert remote.complete_text(document, max_tokens=10) == local.complete_text(document, max_tokens=10)
+        sampled = remote.complete_text(document, n=2, temperature=1.0, max_tokens=6, seed=3)
+        assert [g.text for g in sampled] == [g.text for g in local.complete_text(document, n=2, temperature=1.0,
+                                                                                 max_tokens=6, seed=3)]
+        problem = task_problems("add2", "test", 1)[0]
+        for strategy in ("dialogue", "expert"):
+            assert solve(remote, strategy, problem).trace == solve(local, strategy, problem).trace
         with pytest.raises(UserError, match="answered 404"):
             OpenAILLM(url + "/nowhere/v1", model="tiny").complete(messages)
     with pytest.raises(UserError, match="cannot reach"):

@@ -328,7 +328,7 @@ def cmd_index(args, overrides) -> None:
 
 def cmd_ask(args, overrides) -> None:
     from pocketchat.strategies.llm import LocalLLM, OpenAILLM
-    from pocketchat.strategies.run import STYLE, Settings, demonstrations, evaluate, format_trace, question_problem, solve
+    from pocketchat.strategies.run import SHOT_STYLE, Settings, demonstrations, evaluate, format_trace, question_problem, solve
 
     no_overrides(overrides)
     if args.question is None and args.task is None:
@@ -359,7 +359,8 @@ def cmd_ask(args, overrides) -> None:
         print(f"{r['strategy']} on {r['n']} held-out {r['task']} instances: accuracy {r['accuracy']:.1%}, "
               f"{r['tokens']:.0f} tokens per instance ({r['completion_tokens']:.0f} generated, {r['calls']:.1f} calls)")
         return
-    shots = demonstrations(args.task, STYLE[args.strategy], args.shots, args.seed) if args.shots and args.strategy in STYLE else []
+    shots = (demonstrations(args.task, SHOT_STYLE[args.strategy], args.shots, args.seed)
+             if args.shots and args.strategy in SHOT_STYLE else [])
     result = solve(llm, args.strategy, question_problem(args.question), settings, shots)
     print(format_trace(args.strategy, result))
     u = result.usage
@@ -562,7 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--endpoint", help="an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--model-name", help="the endpoint's model (default: the first one it lists)")
     s.add_argument("--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)")
-    s.add_argument("--strategy", default="cot", help="direct | cot | sc | reflect | tool | tot | react | rag")
+    s.add_argument("--strategy", default="cot",
+                   help="direct | cot | sc | reflect | tool | tot | react | rag | expert (an expert persona and the "
+                        "answer-seeking step-by-step prompt) | dialogue (a base model prompted with a helpful-dialogue "
+                        "transcript, plain text)")
     s.add_argument("--n", type=int, default=5, help="sc: samples to vote over")
     s.add_argument("--temperature", type=float, default=0.7, help="sc, tot: sampling temperature")
     s.add_argument("--max-tokens", type=int, default=256, help="per completion")

@@ -26,6 +26,8 @@ EVAL_TASKS = "add2,add,mul,word,count_letters,sort_list,units"
 # retention_n select instances per cell, which decides whether it may ship.
 JUDGED = {"select_n": 50, "report_n": 200, "retention_n": 30, "retention_styles": "direct,cot,tool"}
 SMOKE_JUDGED = {"select_n": 4, "report_n": 6, "retention_n": 2, "retention_styles": "direct"}
+# the strategies stage's PROMPT_PAIRS: held-out instances per task, and solved train instances shown before each
+PROMPT_PAIRS_SPEC = {"pair_tasks": "add2,count_letters", "pair_n": 100, "pair_shots": 3}
 
 # Per stage: the stage's own preset plus overrides. `default` is the ~25-minute CPU run, `smoke` CI's, and `full`
 # every stage at its own `tiny` preset (~50 minutes on 2 CPU cores).
@@ -43,7 +45,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "dpo": {"preset": "smoke", "steps": 4, "seq_len": 128, "eval_n": 4, "eval_tasks": "add2", "eval_styles": "direct",
                 **SMOKE_JUDGED},
         "diversity": {"prompts": 4, "samples": 3, "max_tokens": 16},
-        "strategies": {"n": 3, "tasks": "add2", "strategies": "direct,cot,sc,tool", "sc_n": 3, "max_tokens": 48},
+        "strategies": {"n": 3, "tasks": "add2", "strategies": "direct,cot,sc,tool", "sc_n": 3, "max_tokens": 48,
+                       "pair_tasks": "add2", "pair_n": 3, "pair_shots": 1},
     },
     "default": {
         # 300 pretraining steps, not fewer: with 280 the SFT model's calculator calls on add2 fell from 100% to 40%
@@ -69,7 +72,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         # DPO at the tiny preset's lr (5e-5) drove the KL to 26 nats and accuracy from 51% to 30% in 30 steps
         "dpo": {"preset": "tiny", "steps": 30, "lr": 1e-5, "eval_n": 0, **JUDGED},
         "diversity": {"prompts": 12, "samples": 4, "max_tokens": 48},
-        "strategies": {"n": 15, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
+        "strategies": {"n": 15, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160,
+                       **PROMPT_PAIRS_SPEC},
     },
     "full": {
         "pretrain": {"preset": "tiny"},
@@ -82,7 +86,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "grpo": {"preset": "tiny", "dynamic_sampling": True, "max_tokens": 128, **JUDGED},
         "dpo": {"preset": "tiny", "eval_n": 0, **JUDGED},
         "diversity": {"prompts": 24, "samples": 4, "max_tokens": 64},
-        "strategies": {"n": 40, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160},
+        "strategies": {"n": 40, "tasks": "add,mul,word", "strategies": "direct,cot,sc,tool", "sc_n": 5, "max_tokens": 160,
+                       **PROMPT_PAIRS_SPEC},
     },
 }
 
@@ -110,7 +115,8 @@ BASE_PRESETS: dict[str, dict[str, dict]] = {
         "ppo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, **SMOKE_JUDGED, "temperature": 0.0},
         "grpo": {"preset": "smoke", "steps": 1, "max_tokens": 16, "eval_n": 0, **SMOKE_JUDGED, "temperature": 0.0},
         "dpo": {"preset": "smoke", "steps": 2, "seq_len": 128, "eval_n": 0, **SMOKE_JUDGED, "temperature": 0.0},
-        "strategies": {"n": 2, "tasks": "add2", "strategies": "direct,cot", "sc_n": 2, "max_tokens": 32},
+        "strategies": {"n": 2, "tasks": "add2", "strategies": "direct,cot", "sc_n": 2, "max_tokens": 32,
+                       "pair_tasks": "add2", "pair_n": 2, "pair_shots": 1},
     },
     "default": {
         "import": {},
@@ -129,7 +135,8 @@ BASE_PRESETS: dict[str, dict[str, dict]] = {
                  **BASE_JUDGED},
         "dpo": {"preset": "tiny", "steps": 15, "batch_size": 8, "seq_len": 192, "lr": 1e-5, "warmup_steps": 2,
                 "eval_every": 0, "eval_n": 0, "save_every": 15, **BASE_JUDGED},
-        "strategies": {"n": 10, "tasks": "add2,count_letters", "strategies": "direct,cot,sc", "sc_n": 3, "max_tokens": 128},
+        "strategies": {"n": 10, "tasks": "add2,count_letters", "strategies": "direct,cot,sc", "sc_n": 3, "max_tokens": 128,
+                       **PROMPT_PAIRS_SPEC},
     },
 }
 
@@ -468,10 +475,21 @@ def final_model(run: Path) -> str:
     return best
 
 
+# The talk's two prompting claims, each a pair of prompts on the same held-out instances (see stage_strategies):
+# (label, A, B), each (model folder, strategy, solved train instances shown first: pair_shots or none). "shipped"
+# is the model the run ships. The base model gets the demonstrations a base model is prompted with; the SFT model
+# is asked as an assistant is, with none.
+PROMPT_PAIRS = (("the SFT model vs the base model prompted as an assistant", ("sft", "direct", False), ("base", "dialogue", True)),
+                ("asking for success: CoT vs expert persona + answer-seeking CoT", ("shipped", "cot", False),
+                 ("shipped", "expert", False)))
+
+
 def stage_strategies(run: Path, spec: dict) -> dict:
-    """Direct vs chain of thought vs self-consistency vs the calculator tool, on the model the run ships."""
+    """Direct vs chain of thought vs self-consistency vs the calculator tool, on the model the run ships; then
+    the PROMPT_PAIRS, paired on pair_n instances per task (McNemar)."""
     from tqdm.auto import tqdm
 
+    from pocketchat.stats import paired_test
     from pocketchat.strategies.llm import LocalLLM
     from pocketchat.strategies.run import Settings, evaluate
 
@@ -483,8 +501,28 @@ def stage_strategies(run: Path, spec: dict) -> dict:
     header = "| task | strategy | accuracy | tokens / instance | calls |\n|---|---|---|---|---|"
     table = "\n".join([header] + [f"| {r['task']} | {r['strategy']}{' k=' + str(spec['sc_n']) if r['strategy'] == 'sc' else ''} | "
                                   f"{r['accuracy']:.1%} | {r['tokens']:.0f} | {r['calls']:.1f} |" for r in rows])
-    return {"path": str(model_dir), "metrics": {f"{r['task']}/{r['strategy']}": r["accuracy"] for r in rows},
-            "table": table, "results": rows}
+    metrics = {f"{r['task']}/{r['strategy']}": r["accuracy"] for r in rows}
+    pairs = []
+    llms = {"shipped": llm}
+    for label, a, b in tqdm(PROMPT_PAIRS, desc="prompt pairs", dynamic_ncols=True):
+        for task in spec["pair_tasks"].split(","):
+            done = []
+            for folder, strategy, shots in (a, b):
+                if folder not in llms:
+                    llms[folder] = LocalLLM(_engine(run / folder))
+                settings = Settings(max_tokens=spec["max_tokens"], shots=spec["pair_shots"] if shots else 0)
+                done.append(evaluate(llms[folder], strategy, task, spec["pair_n"], settings, workers=16))
+            test = paired_test(done[0]["correct"], done[1]["correct"])
+            name = [f"{x[0]}, {x[1]}" + (f", {spec['pair_shots']} shots" if x[2] else "") for x in (a, b)]
+            pairs.append({"pair": label, "task": task, "a": name[0], "b": name[1], **test.as_dict()})
+            metrics[f"{task}/{b[0]}_{b[1]}_vs_{a[0]}_{a[1]}"] = test.diff
+    table += ("\n\nThe talk's prompting claims, each on the same held-out instances (greedy; shots: solved train "
+              "instances shown first; p: McNemar's exact test):\n\n"
+              "| comparison | task | n | A | B | accuracy A → B | Δ [95% CI] | won / lost | p |\n|---|---|---|---|---|---|---|---|---|\n")
+    table += "\n".join(f"| {r['pair']} | {r['task']} | {r['n']} | {r['a']} | {r['b']} | {r['mean_a']:.1%} → {r['mean_b']:.1%} | "
+                       f"{r['diff']:+.1%} [{r['ci_low']:+.1%}, {r['ci_high']:+.1%}] | {r['wins']} / {r['losses']} | {r['p']:.2g} |"
+                       for r in pairs)
+    return {"path": str(model_dir), "metrics": metrics, "table": table, "results": rows, "prompt_pairs": pairs}
 
 
 STAGES = [("pretrain", stage_pretrain), ("sft", stage_sft), ("eval", stage_eval), ("compare", stage_compare),

@@ -62,6 +62,10 @@ class LLM(Protocol):
         """n completions of the next assistant turn of `messages` (OpenAI-style). temperature 0 is greedy;
         with a seed, sample i uses seed + i, so a run repeats exactly."""
 
+    def complete_text(self, prompt: str, *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
+                      stop: Sequence[str] | None = None, seed: int | None = None) -> list[Generation]:
+        """n continuations of a plain-text document, no chat template (how a base model is asked); seeds as above."""
+
 
 @dataclass
 class Usage:
@@ -90,7 +94,12 @@ class Metered:
         self.llm, self.usage = llm, Usage()
 
     def complete(self, messages: list[dict], **kwargs) -> list[Generation]:
-        out = self.llm.complete(messages, **kwargs)
+        return self._count(self.llm.complete(messages, **kwargs))
+
+    def complete_text(self, prompt: str, **kwargs) -> list[Generation]:
+        return self._count(self.llm.complete_text(prompt, **kwargs))
+
+    def _count(self, out: list[Generation]) -> list[Generation]:
         self.usage.calls += 1
         self.usage.prompt_tokens += sum(g.prompt_tokens for g in out)
         self.usage.completion_tokens += sum(g.tokens for g in out)
@@ -126,6 +135,17 @@ class ChatBackend:
     def _sample(self, messages: list[dict], n: int, temperature: float, max_tokens: int, stop: list[str],
                 seed: int | None, tools: list[dict] | None) -> list[_Raw]:
         raise NotImplementedError
+
+    def _sample_text(self, prompt: str, n: int, temperature: float, max_tokens: int, stop: list[str],
+                     seed: int | None) -> list[_Raw]:
+        raise NotImplementedError
+
+    def complete_text(self, prompt: str, *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
+                      stop: Sequence[str] | None = None, seed: int | None = None) -> list[Generation]:
+        if n < 1:
+            raise UserError(f"complete_text: n must be >= 1, got {n}")
+        raws = self._sample_text(prompt, n, temperature, max_tokens, list(stop or []), seed)
+        return [Generation(r.text, r.tokens, r.prompt_tokens, r.finish_reason) for r in raws]
 
     def complete(self, messages: list[dict], *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
                  stop: Sequence[str] | None = None, seed: int | None = None,
@@ -208,12 +228,20 @@ class LocalLLM(ChatBackend):
             raise RuntimeError(f"generation failed: {failed[0]}")
         return out
 
+    @staticmethod
+    def _params(n, temperature, max_tokens, stop, seed) -> list[SamplingParams]:
+        return [SamplingParams(temperature=temperature, max_tokens=max_tokens, stop=stop,
+                               seed=None if seed is None else seed + i) for i in range(n)]
+
+    def _sample_text(self, prompt, n, temperature, max_tokens, stop, seed):
+        ids = self.engine.tokenizer.encode_prompt(prompt)
+        return [_Raw(c.text, [], len(c.token_ids), len(ids) if i == 0 else 0, c.finish_reason)
+                for i, c in enumerate(self._generate(ids, self._params(n, temperature, max_tokens, stop, seed)))]
+
     def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
         prompt = render_prompt(self.engine.tokenizer, messages)
-        params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, stop=stop,
-                                 seed=None if seed is None else seed + i) for i in range(n)]
         raws = []
-        for i, c in enumerate(self._generate(prompt, params)):
+        for i, c in enumerate(self._generate(prompt, self._params(n, temperature, max_tokens, stop, seed))):
             text, calls, finish = c.text, [], c.finish_reason
             if finish == "tool_calls":  # without tools offered, a </tool_call> is just where the answer stops
                 message = parse_assistant(text) if tools else {}
@@ -274,6 +302,20 @@ class OpenAILLM(ChatBackend):
             raise UserError(f"{self.base_url} answered {e.status_code}: {e.message}") from None
         except IndexError:
             raise UserError(f"{self.base_url} lists no models; pass the model name") from None
+
+    def _sample_text(self, prompt, n, temperature, max_tokens, stop, seed):
+        raws: list[_Raw] = []
+        while len(raws) < n:  # /v1/completions; servers that ignore n are asked again, as in _sample
+            response = self._call(lambda: self.client.completions.create(
+                model=self.model, prompt=prompt, n=n - len(raws), temperature=temperature, max_tokens=max_tokens,
+                stop=stop or None, seed=None if seed is None else seed + len(raws)))
+            if not response.choices:
+                raise UserError(f"{self.base_url} returned no choices")
+            usage = response.usage
+            share, extra_tokens = divmod(usage.completion_tokens if usage else 0, len(response.choices))
+            raws += [_Raw(choice.text, [], share + (k < extra_tokens), (usage.prompt_tokens if usage else 0) if k == 0 else 0,
+                          choice.finish_reason) for k, choice in enumerate(response.choices)]
+        return raws[:n]
 
     def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
         raws: list[_Raw] = []

@@ -16,6 +16,8 @@ from pocketchat.engine.tools import CALCULATOR
 from pocketchat.errors import UserError
 from pocketchat.strategies.consistency import self_consistency
 from pocketchat.strategies.cot import INSTRUCTIONS, answer, extract_number, read_number
+from pocketchat.strategies.dialogue import dialogue
+from pocketchat.strategies.expert import expert_cot
 from pocketchat.strategies.fewshot import few_shot
 from pocketchat.strategies.llm import LLM, Result, Usage, parallel_map
 from pocketchat.strategies.react import DEFAULT_TOOLS, Retriever, react, retrieval_tool
@@ -25,8 +27,10 @@ from pocketchat.tasks import TASKS, Example, extract_answer, get_task, prompt_me
 from pocketchat.tasks.base import NUMBER, normalize_number
 from pocketchat.tasks.game24 import EXPRESSION, PUZZLES, get_puzzle
 
-STRATEGIES = ("direct", "cot", "sc", "reflect", "tool", "tot", "react")
+STRATEGIES = ("direct", "cot", "sc", "reflect", "tool", "tot", "react", "expert", "dialogue")
 STYLE = {"direct": "direct", "cot": "cot", "sc": "cot", "reflect": "cot", "tool": "tool"}  # the prompt each uses
+SHOT_STYLE = {**STYLE, "expert": "cot", "dialogue": "direct"}  # the style of each strategy's demonstrations
+TOPICS = {"number": "mathematics", "spelling": "spelling", "list": "sorting"}  # the expert's field, by answer kind
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Problem:
     grade: Callable[[str | None], bool] | None = None  # known answers only
     reference: Callable[[str], list[dict]] | None = field(default=None, repr=False)  # style -> a solved exchange
     extract: Callable[[str], str | None] = extract_answer  # a completion's answer (direct, cot, sc, reflect, tool)
+    topic: str = "mathematics"  # what the expert strategy's assistant is an expert in
 
 
 def question_problem(question: str) -> Problem:
@@ -76,7 +81,7 @@ def _task_problem(example: Example) -> Problem:
                    kind.normalize,
                    lambda a: a is not None and kind.normalize(read(a)) == kind.normalize(example.answer),
                    lambda style: to_messages(example, style),
-                   extract_number if kind is NUMBER else extract_answer)
+                   extract_number if kind is NUMBER else extract_answer, TOPICS[kind.name])
 
 
 def _puzzle_problem(example: Example) -> Problem:
@@ -122,6 +127,12 @@ def solve(llm: LLM, strategy: str, problem: Problem, settings: Settings | None =
     s = settings or Settings()
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})")
+    if strategy == "expert":
+        return expert_cot(llm, problem.question, problem.topic, shots=shots, max_tokens=s.max_tokens, seed=s.seed,
+                          extract=problem.extract)
+    if strategy == "dialogue":  # asks for the answer's shape, as the direct style does
+        return dialogue(llm, problem.prompt("direct")[0]["content"], shots=shots, max_tokens=s.max_tokens,
+                        seed=s.seed, extract=problem.extract)
     if strategy in STYLE:
         messages = few_shot(shots, problem.prompt(STYLE[strategy]))
         if strategy == "sc":
@@ -158,7 +169,7 @@ def evaluate(llm: LLM, strategy: str, task: str, n: int, settings: Settings | No
     if n < 1:
         raise UserError(f"evaluate: n must be >= 1, got {n}")
     problems = task_problems(task, "test", n, seed)
-    shots = demonstrations(task, STYLE[strategy], settings.shots, seed) if strategy in STYLE else []
+    shots = demonstrations(task, SHOT_STYLE[strategy], settings.shots, seed) if strategy in SHOT_STYLE else []
     results = solve_all(llm, strategy, problems, settings, shots, workers)
     return summarize(task, strategy, problems, results)
 
@@ -171,9 +182,9 @@ def summarize(task: str, strategy: str, problems: Sequence[Problem], results: Se
         usage.completion_tokens += r.usage.completion_tokens
         usage.calls += r.usage.calls
     n = len(problems)
-    right = sum(p.grade(r.answer) for p, r in zip(problems, results))
-    return {"task": task, "strategy": strategy, "n": n, "accuracy": right / n,
-            "tokens": usage.total / n, "completion_tokens": usage.completion_tokens / n, "calls": usage.calls / n}
+    correct = [bool(p.grade(r.answer)) for p, r in zip(problems, results)]
+    return {"task": task, "strategy": strategy, "n": n, "accuracy": sum(correct) / n, "tokens": usage.total / n,
+            "completion_tokens": usage.completion_tokens / n, "calls": usage.calls / n, "correct": correct}
 
 
 # -- a compact trace for the terminal ------------------------------------------------------------------------
@@ -188,9 +199,9 @@ def _short(text: str | None, width: int = 100, tail: bool = False) -> str:
 
 def format_trace(strategy: str, result: Result) -> str:
     t, lines = result.trace, []
-    if strategy in ("direct", "cot", "tool"):
+    if strategy in ("direct", "cot", "tool", "expert", "dialogue"):
         lines.append(f"text: {_short(t['text'], 300)}")
-        lines += [f"tool: {c['name']}({_short(c['arguments'], 60)}) -> {_short(c['output'], 60)}" for c in t["tool_calls"]]
+        lines += [f"tool: {c['name']}({_short(c['arguments'], 60)}) -> {_short(c['output'], 60)}" for c in t.get("tool_calls", [])]
     elif strategy == "sc":
         votes = ", ".join(f"{a!r} x{c} ({t['shares'][a]:.0%})" for a, c in t["votes"].items())
         abstained = sum(s["answer"] is None for s in t["samples"])
