@@ -7,7 +7,11 @@ game24), with tokens per instance (prompt + generated, counted as an API bills t
 k samples counts once) and model calls per instance. Then the targets, checked and stated:
 self-consistency beats single-sample CoT; tools beat no tools on arithmetic. Then RAG on the unseen-facts
 corpus (`pocketchat.tasks.facts`): recall@5 and MRR of retrieval (dense all-MiniLM-L6-v2, BM25, hybrid),
-and answer accuracy with vs without the retrieved passages.
+and answer accuracy with vs without the retrieved passages. The talk's two prompting claims, each paired on the
+same instances (95% CI, McNemar's p): expert CoT (an expert persona + "Let's work this out in a step by step way
+to be sure we have the right answer") vs CoT; and with `--base-model`, a base model prompted as an assistant (a
+helpful-dialogue transcript with --dialogue-shots solved train instances, plain-text completion) vs each model's
+direct answers.
 
 How it runs: the problems of a cell run `--workers` at a time, their model calls batched together by the
 engine's continuous batcher (`LocalLLM.batched`); self-consistency's k samples of one problem are one
@@ -20,6 +24,7 @@ is 118." -> 118), as evaluation harnesses do for chat models.
 
 Usage:
     python benchmarks/bench_strategies.py --model runs/smollm2 [--model runs/default/sft] [--endpoint URL]
+        [--base-model runs/default/base] [--dialogue-shots 3]
         [--tasks add2] [--search-task reach] [--n 20] [--n-search 10] [--n-rag 30] [--workers 16]
         [--threads 1] [--dtype auto] [--tool auto|tool|react] [--skip rag,tot] [--json out.json]
 Defaults take roughly 10 minutes per 135M-parameter model on 2 busy CPU cores (--threads 1 there: two
@@ -42,9 +47,10 @@ import torch
 from pocketchat.errors import UserError
 from pocketchat.strategies.consistency import tally
 from pocketchat.strategies.llm import LocalLLM, OpenAILLM, Usage
-from pocketchat.strategies.run import Settings, solve_all, summarize, task_problems
+from pocketchat.stats import paired_test
+from pocketchat.strategies.run import Settings, demonstrations, solve_all, summarize, task_problems
 
-SECTIONS = ("direct", "cot", "sc", "tool", "tot", "rag")
+SECTIONS = ("direct", "cot", "expert", "sc", "tool", "tot", "rag", "dialogue")
 
 
 # -- statistics -------------------------------------------------------------------------------------------
@@ -69,11 +75,12 @@ def sign_test(wins: int, losses: int) -> float:
 
 # -- one model ------------------------------------------------------------------------------------------------
 
-def cell(llm, strategy: str, task: str, problems, settings: Settings, workers: int, label: str | None = None) -> dict:
+def cell(llm, strategy: str, task: str, problems, settings: Settings, workers: int, label: str | None = None,
+         shots: list[list[dict]] = ()) -> dict:
     """One strategy on the problems; a cell the model cannot run (a prompt longer than its context) is n/a."""
     start = time.perf_counter()
     try:
-        results = solve_all(llm, strategy, problems, settings, workers=workers)
+        results = solve_all(llm, strategy, problems, settings, shots, workers=workers)
     except UserError as e:
         return {"task": task, "strategy": strategy, "label": label or strategy, "n": len(problems), "accuracy": None,
                 "note": str(e), "seconds": time.perf_counter() - start, "correct": [], "results": []}
@@ -129,9 +136,9 @@ def bench_model(llm, args, ks: list[int]) -> list[dict]:
     for task in args.tasks:
         problems = task_problems(task, "test", args.n, args.seed)
         arithmetic = any(p.reference("tool")[1].get("tool_calls") for p in problems)  # the task has calculator steps
-        for strategy in ("direct", "cot"):
+        for strategy in ("direct", "cot", "expert"):
             if strategy not in args.skip:
-                label = {"direct": "direct", "cot": "CoT"}[strategy]
+                label = {"direct": "direct", "cot": "CoT", "expert": "expert CoT"}[strategy]
                 add(cell(llm, strategy, task, problems, settings, args.workers, label))
         if "sc" not in args.skip:
             sc = cell(llm, "sc", task, problems, settings, args.workers)
@@ -226,6 +233,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(a: dict, b: dict) -> str:
+    """b against a on the same instances: the difference with its 95% CI and McNemar's p."""
+    t = paired_test(a["correct"], b["correct"])
+    return (f"{b['label']} {t.mean_b:.1%} vs {a['label']} {t.mean_a:.1%}: {t.diff:+.1%} [{t.ci_low:+.1%}, {t.ci_high:+.1%}], "
+            f"{t.wins} won / {t.losses} lost, McNemar p = {t.p:.2g} (n = {t.n})")
+
+
 def compare(a: dict, b: dict) -> str:
     wins = sum(x and not y for x, y in zip(a["correct"], b["correct"]))
     losses = sum(y and not x for x, y in zip(a["correct"], b["correct"]))
@@ -233,7 +247,9 @@ def compare(a: dict, b: dict) -> str:
             f"({wins} won, {losses} lost; sign test p = {sign_test(wins, losses):.2f})")
 
 
-def targets(rows: list[dict], tasks: list[str]) -> list[str]:
+def targets(rows: list[dict], tasks: list[str], base_rows: list[dict] = ()) -> list[str]:
+    """The claims the table tests, each on the same instances: self-consistency and tools (PASS/FAIL against the
+    targets), and the talk's prompting claims, stated whichever way they come out."""
     out = []
     for task in tasks:
         by = {r["label"]: r for r in rows if r["task"] == task and r["accuracy"] is not None}
@@ -243,6 +259,11 @@ def targets(rows: list[dict], tasks: list[str]) -> list[str]:
                 verdict = "PASS" if r["accuracy"] > cot["accuracy"] else "FAIL"
                 out.append(f"- {verdict}: self-consistency beats single-sample CoT on {task}: {compare(r, cot)}; "
                            f"one sampled chain alone is right {r['sample_accuracy']:.1%} of the time")
+        if "expert CoT" in by and cot:
+            out.append(f"- asking for success on {task}: {paired(cot, by['expert CoT'])}")
+        if by.get("direct") and base_rows:
+            for b in (r for r in base_rows if r["task"] == task and r["accuracy"] is not None):
+                out.append(f"- a base model prompted as an assistant on {task}: {paired(by['direct'], b)}")
         tool = next((v for k, v in by.items() if k.startswith("calculator")), None)
         plain = [by[k] for k in ("direct", "CoT") if k in by]
         if tool and plain:
@@ -295,6 +316,9 @@ def main(argv=None) -> int:
     p.add_argument("--tot-breadth", type=int, default=3)
     p.add_argument("--tot-evaluate", type=int, default=1, help="ToT ratings per state (the paper: 3)")
     p.add_argument("--tool", default="auto", choices=("auto", "tool", "react"))
+    p.add_argument("--base-model", help="a base (pretrained, not chat) model folder, prompted as an assistant with the "
+                                        "dialogue transcript and compared with each model's direct answers")
+    p.add_argument("--dialogue-shots", type=int, default=3, help="solved train instances in the base model's transcript")
     p.add_argument("--workers", type=int, default=16, help="problems in flight at once (their calls batched)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="auto")
@@ -320,6 +344,16 @@ def main(argv=None) -> int:
           f"max {args.max_tokens} tokens per completion, sampling temperature {args.temperature}.\n")
     if rag is not None:
         print(retrieval_table(rag, args) + "\n")
+    base_rows = []
+    if args.base_model and "dialogue" not in args.skip:
+        base_llm, base_name = load_llm(args.base_model, "model", args)
+        settings = Settings(max_tokens=args.max_tokens, seed=args.seed)
+        for task in args.tasks:
+            shots = demonstrations(task, "direct", args.dialogue_shots, args.seed)
+            base_rows.append(cell(base_llm, "dialogue", task, task_problems(task, "test", args.n, args.seed), settings,
+                                  args.workers, f"base model, dialogue prompt, {args.dialogue_shots} shots", shots))
+        print(f"## {base_name}, prompted as an assistant\n\n{table(base_rows)}\n")
+        report["base_model"] = {"model": base_name, "rows": [{k: v for k, v in r.items() if k != "results"} for r in base_rows]}
     for spec, kind in [*((m, "model") for m in args.model), *((e, "endpoint") for e in args.endpoint)]:
         try:
             llm, name = load_llm(spec, kind, args)
@@ -332,7 +366,7 @@ def main(argv=None) -> int:
         rag_report = rag_rows(llm, rag, args) if rag is not None else None
         minutes = (time.perf_counter() - start) / 60
         print(f"## {name}\n\n{table(rows)}\n")
-        checks = targets(rows, args.tasks)
+        checks = targets(rows, args.tasks, base_rows)
         if checks:
             print("Targets:\n" + "\n".join(checks) + "\n")
         if rag_report:

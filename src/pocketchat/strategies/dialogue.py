@@ -3,8 +3,8 @@ one" (State of GPT).
 
 A pretrained model only continues documents. Make the document a transcript of a helpful assistant talking with a
 user, end it where the assistant's next turn begins, and the likeliest continuation is a helpful answer; stop at
-the next "User:" line, where the model would start writing the user's part. Solved task instances as extra
-exchanges (`shots`) make it a few-shot prompt for that task. The prompt is plain text, no chat template, so it
+the next "User:" line, where the model would start writing the user's part. Solved task instances as the
+exchanges (`shots`, in place of the general ones) make it a few-shot prompt for that task. The prompt is plain text, no chat template, so it
 runs on any model: a local base folder, or any endpoint's /v1/completions.
 """
 
@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 from pocketchat.strategies.llm import LLM, Metered, Result
 from pocketchat.tasks import extract_answer
 
-HEADER = ("A conversation between a user and a helpful assistant. The assistant knows a great deal, answers every "
-          "question correctly and keeps its answers short.")
+HEADER = "A conversation with a helpful assistant, who answers every question correctly and briefly."
 EXCHANGES = (("What is the capital of France?", "The capital of France is Paris."),
              ("How many legs does a spider have?", "A spider has 8 legs."),
              ("Name a primary color.", "Red is a primary color."))
@@ -36,9 +35,10 @@ def exchanges_of(shots: Sequence[list[dict]]) -> list[tuple[str, str]]:
 
 def dialogue(llm: LLM, question: str, *, shots: Sequence[list[dict]] = (), max_tokens: int = 256,
              seed: int | None = None, extract: Callable[[str], str | None] = extract_answer) -> Result:
-    """One greedy continuation of the transcript, cut at the next user turn. Trace: the document and the text."""
+    """One greedy continuation of the transcript (the exchanges: `shots`, else EXCHANGES), cut at the next user
+    turn. Trace: the document and the text."""
     llm = Metered(llm)
-    document = dialogue_document(question, [*EXCHANGES, *exchanges_of(shots)])
+    document = dialogue_document(question, exchanges_of(shots) or EXCHANGES)
     (g,) = llm.complete_text(document, max_tokens=max_tokens, stop=[f"\n{USER}"], seed=seed)
     text = g.text.strip()
     return Result(extract(text), {"document": document, "text": text, "finish_reason": g.finish_reason}, llm.usage)
