@@ -381,3 +381,14 @@ def parse_assistant(text: str) -> dict:
     if not calls or text[pos:].strip():
         return {"role": "assistant", "content": text}
     return {"role": "assistant", "content": text[:first] or None, "tool_calls": calls}
+
+
+def completion_messages(text: str) -> list[dict]:
+    """Split a completion with engine-run tool turns back into messages (assistant, tool, assistant, ...), so
+    the next prompt renders exactly the tokens the model saw."""
+    first, *turns = text.removesuffix(IM_END).split(f"{IM_END}\n{IM_START}")
+    messages = [parse_assistant(first)]
+    for turn in turns:
+        role, _, content = turn.partition("\n")
+        messages.append(parse_assistant(content) if role == "assistant" else {"role": role, "content": content})
+    return messages

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pocketchat.chat import parse_assistant, render_prompt
+from pocketchat.chat import completion_messages, render_prompt
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.errors import UserError
 
@@ -100,14 +100,3 @@ def chat_loop(engine: Engine, system: str = "", temperature: float = 0.7, max_to
 
 TOOL_TURN = "<|im_end|>\n<|im_start|>tool\n"
 BACK_TO_ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
-
-
-def completion_messages(text: str) -> list[dict]:
-    """Split a completion with engine-run tool turns back into messages (assistant, tool, assistant, ...), so
-    the next prompt renders exactly the tokens the model saw."""
-    first, *turns = text.removesuffix("<|im_end|>").split("<|im_end|>\n<|im_start|>")
-    messages = [parse_assistant(first)]
-    for turn in turns:
-        role, _, content = turn.partition("\n")
-        messages.append(parse_assistant(content) if role == "assistant" else {"role": role, "content": content})
-    return messages

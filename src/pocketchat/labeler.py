@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pocketchat.chat import render_prompt
-from pocketchat.chat_cli import completion_messages
+from pocketchat.chat import completion_messages, render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.tasks import Example, check, format_ok, prompt_messages
 

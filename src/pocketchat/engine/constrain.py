@@ -31,6 +31,7 @@ from pocketchat.tokenizer import UNICODE_TO_BYTE, Tokenizer
 # whitespace. Flexible whitespace would let a weak model pad forever; a schema's "x-guidance" overrides this.
 JSON_DEFAULTS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 MAX_STATES = 1024  # parser states kept per processor; beyond that the least recently used are replayed
+PROBE_STEPS = 64  # forced tokens followed from the start when checking that a grammar can be satisfied
 
 
 class _Vocabulary:
@@ -85,17 +86,34 @@ class GrammarProcessor:
         self.what = what
         # prefix -> (parser state after it, allowed-token mask there or None until asked)
         self.states: OrderedDict[tuple[int, ...], list] = OrderedDict()
+        self._check_satisfiable()
 
     def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
         entry = self._state(tuple(generated))
         if entry[1] is None:
-            bits = np.frombuffer(entry[0].compute_bitmask(), dtype=np.uint8)
-            allowed = np.unpackbits(bits, bitorder="little")[: self.lltok.vocab_size].view(bool)
-            entry[1] = torch.from_numpy(allowed)
+            entry[1] = self._mask(entry[0])
         mask = entry[1]
         if mask.shape[0] != logits.shape[0]:  # the model's vocabulary may be padded past the tokenizer's
             mask = torch.cat([mask, mask.new_zeros(logits.shape[0] - mask.shape[0])])
         return mask.to(logits.device)
+
+    def _mask(self, matcher) -> torch.Tensor:
+        bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+        return torch.from_numpy(np.unpackbits(bits, bitorder="little")[: self.lltok.vocab_size].view(bool))
+
+    def _check_satisfiable(self) -> None:
+        """Refuse, up front, a grammar that no output satisfies, which generation would otherwise end with an
+        empty, invalid output or fail on mid-way: a JSON schema that is only a `$ref` to itself (the parser
+        fails at once) or that requires itself (every token is forced, without end, and the parser gives up
+        on the first). Follows the forced tokens from the start as generation would, PROBE_STEPS at most."""
+        matcher = self.root.deep_copy()
+        for _ in range(PROBE_STEPS):
+            allowed = self._mask(matcher).nonzero()
+            if matcher.is_error() or (len(allowed) == 1 and not matcher.consume_token(int(allowed[0]))):
+                raise UserError(f"{self.what}: no output can satisfy it (e.g. a schema that is only a reference to "
+                                "itself, or that requires itself with no way to end)")
+            if len(allowed) != 1 or matcher.is_stopped():
+                return  # the output has a choice here, or is complete
 
     def _state(self, prefix: tuple[int, ...]) -> list:
         entry = self.states.get(prefix)

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Probability = Annotated[float, Field(gt=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
+SEED_LIMIT = 2**64  # seeds are 64-bit unsigned, torch.Generator.manual_seed's range
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
 
 class Body(BaseModel):
@@ -89,7 +91,7 @@ class Sampling(Body):
     top_p: Probability | None = None
     n: PositiveInt | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: PositiveInt | None = None
@@ -131,7 +133,7 @@ class LabelSamplesRequest(Body):
     temperature: Temperature = 1.0
     top_p: Probability = 1.0
     max_tokens: PositiveInt = 160
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class LabelRankRequest(Body):
