@@ -9,7 +9,7 @@ import pocketchat.engine.generate as generate_module
 from pocketchat.chat import render_prompt
 from pocketchat.engine import Engine, KVCache, SamplingParams
 from pocketchat.engine.generate import TextStream
-from pocketchat.engine.tools import run_tool_call
+from pocketchat.engine.toolcalls import run_tool_call
 from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig
 from pocketchat.tokenizer import Tokenizer

@@ -11,7 +11,8 @@ import torch
 from pocketchat.chat import render_prompt
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
-from pocketchat.engine.tools import CALCULATOR, PYTHON
+from pocketchat.engine.calculator import CALCULATOR
+from pocketchat.engine.sandbox import PYTHON
 from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig
 from pocketchat.strategies import (CountdownToT, LocalLLM, OpenAILLM, StepsToT, answer, ask, few_shot, react,

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from pocketchat.chat import validate
-from pocketchat.engine.tools import calculate
+from pocketchat.engine.calculator import calculate
 from pocketchat.errors import UserError
 from pocketchat.tasks import (STYLES, TASKS, Example, check, extract_answer, format_ok, get_task, mixture,
                               prompt_messages, score, split_of, to_messages)

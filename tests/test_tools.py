@@ -1,23 +1,17 @@
-"""Tools a model calls: the calculator against Python arithmetic, the Python sandbox against hostile code,
-and the tool-call plumbing. Every hostile case must come back as an "Error: ..." string, quickly."""
+"""Tools a model calls: the calculator against Python arithmetic, and the tool-call plumbing (the Python
+sandbox has tests/test_sandbox.py). Every bad call must come back as an "Error: ..." string."""
 
 import json
 import math
-import os
 import random
-import socket
-import tempfile
 import time
 
 import pytest
 
-from pocketchat.engine.tools import (CALCULATOR, PYTHON, TOOLS, SandboxLimits, Tool, calculate, get_tool,
-                                     openai_tool_specs, parse_tool_call, run_python, run_tool_call)
+from pocketchat.engine.calculator import CALCULATOR, calculate
+from pocketchat.engine.toolcalls import TOOLS, get_tool, openai_tool_specs, parse_tool_call, run_tool_call
+from pocketchat.engine.tools import Tool
 from pocketchat.errors import UserError
-
-QUICK = SandboxLimits(timeout_s=2.0)  # only hostile code gets near it
-SHORT = SandboxLimits(timeout_s=0.5)  # for code that runs forever
-
 
 # ---------------------------------------------------------------------------------------------- calculator
 
@@ -123,156 +117,6 @@ def test_calculator_tool_checks_arguments():
     assert CALCULATOR.run({"expression": "1", "x": 2}) == \
         "Error: unexpected argument 'x' (expected: expression)"
     assert CALCULATOR.run(["1+1"]) == "Error: arguments must be a JSON object, got list"
-
-
-# ------------------------------------------------------------------------------------------ python: normal
-
-@pytest.mark.parametrize("code, expected", [
-    ("print(sum(range(10)))", "45"),
-    ("2**10", "1024"),
-    ("x = 5\nx * 2", "10"),
-    ("'hi'", "'hi'"),
-    ("print('a')\nNone", "a"),
-    ("def f(n):\n    return n * n\n\nprint([f(i) for i in range(4)])", "[0, 1, 4, 9]"),
-    ("import math\nmath.factorial(20)", "2432902008176640000"),
-    ("with open('a.txt', 'w') as f:\n    f.write('saved')\nprint(open('a.txt').read())", "saved"),
-    ("import pathlib, tempfile\np = pathlib.Path(tempfile.mkdtemp()) / 'n.txt'\np.write_text('ok')\n"
-     "p.rename(p.with_name('m.txt'))\nprint(p.with_name('m.txt').read_text())", "ok"),
-    ("import os\nos.mkdir('d')\nos.remove('d') if False else os.rmdir('d')\nprint(os.listdir('.'))", "[]"),
-])
-def test_python_runs_code_and_prints_the_last_expression(code, expected):
-    assert run_python(code, QUICK) == expected
-
-
-@pytest.mark.parametrize("code, expected", [
-    ("1/0", "Error: line 1: ZeroDivisionError: division by zero"),
-    ("print('before')\n[][3]", "Error: line 2: IndexError: list index out of range\nbefore"),
-    ("def f(:\n  pass", "Error: line 1: SyntaxError: invalid syntax"),
-    ("import sys\nsys.exit(3)", "Error: exit status 3"),
-    ("import sys\nprint('done')\nsys.exit(0)", "done"),
-])
-def test_python_reports_failures_in_one_line(code, expected):
-    assert run_python(code, QUICK) == expected
-
-
-def test_python_tool_checks_arguments():
-    assert PYTHON.run({"code": "print(6 * 7)"}) == "42"
-    assert PYTHON.run({"code": 1}) == "Error: argument 'code' must be a string, got int"
-    assert PYTHON.run({"code": "x" * 20_001}) == "Error: code longer than 20000 characters"
-
-
-# ----------------------------------------------------------------------------------------- python: hostile
-
-def test_infinite_loop_times_out():
-    start = time.perf_counter()
-    assert run_python("while True:\n    pass", SHORT) == "Error: timed out after 0.5 s"
-    assert time.perf_counter() - start < 2
-
-
-def test_endless_printing_times_out_with_bounded_output():
-    start = time.perf_counter()
-    result = run_python("while True:\n    print('x' * 1000)", SHORT)
-    assert time.perf_counter() - start < 2
-    assert result.startswith("Error: timed out after 0.5 s\nxxx")
-    assert len(result) < SHORT.output_bytes + 200 and "[output truncated: " in result
-
-
-def test_huge_output_is_truncated_with_a_note():
-    result = run_python("print('x' * 10**7)", QUICK)
-    assert result == "x" * QUICK.output_bytes + "\n[output truncated: 10000001 bytes in all]"
-
-
-@pytest.mark.parametrize("code, line, refused", [
-    ("import os\nos.fork()", 2, "os.fork"),
-    ("import os\nwhile True:\n    os.fork()", 3, "os.fork"),
-    ("import subprocess\nsubprocess.run(['ls'])", 2, "subprocess.Popen"),
-    ("import os\nos.system('ls')", 2, "os.system"),
-    ("import os\nos.execv('/bin/ls', ['ls'])", 2, "os.exec"),
-    ("import os\nos.posix_spawn('/bin/ls', ['ls'], {})", 2, "os.posix_spawn"),
-    ("import _posixsubprocess\n_posixsubprocess.fork_exec()", 2, "_posixsubprocess.fork_exec"),
-    ("import sys\ndel sys.modules['_posixsubprocess']\nimport _posixsubprocess", 3, "importing _posixsubprocess"),
-    ("import ctypes", 1, "importing _ctypes"),
-    ("import sqlite3", 1, "importing _sqlite3"),
-    ("import _testcapi", 1, "importing _testcapi"),
-    ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", 2, "os.kill"),
-    ("import os, signal\nfd = os.open(f'/proc/{os.getppid()}', os.O_RDONLY)\n"
-     "signal.pidfd_send_signal(fd, signal.SIGKILL)", 3, "_signal.pidfd_send_signal"),
-    ("import os\nos.pidfd_open(os.getppid())", 2, "os.pidfd_open"),
-    ("import os\nos.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))", 2, "os.sched_setscheduler"),
-    ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", 2, "resource.setrlimit"),
-    ("import sys\nsys.settrace(lambda *a: None)", 2, "sys.settrace"),
-    ("import gc\ngc.get_objects()", 2, "gc.get_objects"),
-    ("def f():\n    pass\nf.__code__ = (lambda: 1).__code__", 3, "changing a function's __code__"),
-])
-def test_no_processes_signals_or_guard_tampering(code, line, refused):
-    assert run_python(code, QUICK) == f"Error: line {line}: PermissionError: {refused} is not allowed in the sandbox"
-
-
-@pytest.mark.parametrize("code", ["x = ' ' * 10**10", "x = []\nwhile True:\n    x.append(' ' * 10**6)"])
-def test_memory_bombs_hit_the_memory_limit(code):
-    start = time.perf_counter()
-    assert run_python(code).endswith("MemoryError")
-    assert time.perf_counter() - start < 3
-
-
-def test_huge_file_hits_the_file_size_limit():
-    code = "with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * 65536)"
-    assert run_python(code, QUICK) == "Error: line 3: OSError: [Errno 27] File too large"
-
-
-def test_no_network():
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        raw = run_python(f"import socket\ns = socket.socket()\ns.connect(('127.0.0.1', {port}))", QUICK)
-        helper = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}))", QUICK)
-        listener.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nobody connected
-    assert raw == "Error: line 2: PermissionError: socket.__new__ is not allowed in the sandbox"
-    assert helper == "Error: line 2: PermissionError: socket.getaddrinfo is not allowed in the sandbox"
-
-
-@pytest.mark.parametrize("template", [
-    "open({target!r}, 'w').write('x')",
-    "open({target!r}, 'a')",
-    "import pathlib\npathlib.Path({target!r}).write_text('x')",
-    "import os\nos.open({target!r}, os.O_WRONLY | os.O_CREAT)",
-    "import os\nfd = os.open({outside!r}, os.O_RDONLY)\nos.open('evil', os.O_WRONLY | os.O_CREAT, dir_fd=fd)",
-    "import os\nos.mkdir({target!r})",
-    "import os\nos.symlink({outside!r}, 'link')\nopen('link/evil', 'w')",
-    "import os\nos.link({existing!r}, 'hard')",
-    "import os\nos.rename({existing!r}, 'moved')",
-    "import os\nos.remove({existing!r})",
-    "import os\nos.truncate({existing!r}, 0)",
-    "import os\nos.chmod({existing!r}, 0o777)",
-    "import os\nos.chdir({outside!r})\nopen('evil', 'w')",
-    "open('../evil', 'w')",
-    "import os\nos.mknod({target!r})",
-    "import shutil\nshutil.copy('/etc/hostname', {target!r})",
-])
-def test_no_writes_outside_the_sandbox(tmp_path, template):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    existing = outside / "keep.txt"
-    existing.write_text("precious")
-    existing.chmod(0o644)
-    code = template.format(target=str(outside / "evil"), outside=str(outside), existing=str(existing))
-    result = run_python(code, QUICK)
-    assert result.startswith("Error: line "), result
-    assert sorted(os.listdir(outside)) == ["keep.txt"]
-    assert existing.read_text() == "precious" and existing.stat().st_mode & 0o777 == 0o644
-
-
-def test_sandbox_directory_is_removed_and_nothing_left_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert run_python("open('a.txt', 'w').write('x')\nimport os\nos.getcwd()", QUICK).startswith(f"'{tmp_path}/")
-    assert run_python("open('b.txt', 'w').write('x')\nwhile True:\n    pass", SHORT).startswith("Error: timed out")
-    assert os.listdir(tmp_path) == []
-
-
-def test_child_gets_no_secrets_from_our_environment(monkeypatch):
-    monkeypatch.setenv("POCKETCHAT_TEST_SECRET", "hunter2")
-    assert run_python("import os\nos.environ.get('POCKETCHAT_TEST_SECRET')", QUICK) == ""
 
 
 # -------------------------------------------------------------------------------------------- tool calls

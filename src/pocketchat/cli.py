@@ -170,11 +170,15 @@ def cmd_eval(args, overrides) -> None:
 
 def cmd_chat(args, overrides) -> None:
     from pocketchat.chat_cli import chat_loop
+    from pocketchat.engine.sandbox import sandbox_status
 
     no_overrides(overrides)
     engine = load_engine(args.model, args.device)
+    tools = chat_tools(engine, args.model, args.tools)
+    if tools:  # the model's Python runs here: say how contained it is
+        print(f"note: {sandbox_status()}", file=sys.stderr)
     chat_loop(engine, system=args.system, temperature=args.temperature, max_tokens=args.max_tokens,
-              tools=chat_tools(engine, args.model, args.tools), augment=rag_augmenter(args, show=True))
+              tools=tools, augment=rag_augmenter(args, show=True))
 
 
 def chat_tools(engine, model: str, requested: bool | None) -> bool:

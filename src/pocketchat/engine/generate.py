@@ -20,7 +20,7 @@ import torch
 
 from pocketchat.chat import render_prompt
 from pocketchat.engine.sampling import Sampler, SamplingParams
-from pocketchat.engine.tools import run_tool_call
+from pocketchat.engine.toolcalls import run_tool_call
 from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig
 

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pocketchat.engine.tools import CALCULATOR, PYTHON, Tool
+from pocketchat.engine.calculator import CALCULATOR
+from pocketchat.engine.sandbox import PYTHON
+from pocketchat.engine.tools import Tool
 from pocketchat.errors import UserError
 from pocketchat.strategies.llm import LLM, Metered, Result
 

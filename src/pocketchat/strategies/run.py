@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pocketchat.engine.tools import CALCULATOR
+from pocketchat.engine.calculator import CALCULATOR
 from pocketchat.errors import UserError
 from pocketchat.strategies.consistency import self_consistency
 from pocketchat.strategies.cot import INSTRUCTIONS, answer, extract_number, read_number

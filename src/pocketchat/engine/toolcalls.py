@@ -1,0 +1,66 @@
+"""The tools a model may call by default, and reading its `<tool_call>{json}</tool_call>` text. New tools
+register by adding a `Tool` to `TOOLS` (or by passing another mapping)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from pocketchat.engine.calculator import CALCULATOR
+from pocketchat.engine.sandbox import PYTHON
+from pocketchat.engine.tools import Tool, tool_error
+from pocketchat.errors import UserError
+
+TOOLS: dict[str, Tool] = {tool.name: tool for tool in (CALCULATOR, PYTHON)}
+
+
+def get_tool(name: str, tools: Mapping[str, Tool] = TOOLS) -> Tool:
+    if name not in tools:
+        raise UserError(f"unknown tool {name!r} (available: {', '.join(tools)})")
+    return tools[name]
+
+
+def openai_tool_specs(tools: Mapping[str, Tool] | Iterable[Tool] = TOOLS) -> list[dict]:
+    """The OpenAI `tools` request field describing these tools."""
+    return [tool.spec() for tool in (tools.values() if isinstance(tools, Mapping) else tools)]
+
+
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def parse_tool_call(text: str) -> tuple[str, dict]:
+    """(name, arguments) from `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`. The closing tag may
+    be missing (generation stops on it). `arguments` may also be a JSON string, as in OpenAI's API."""
+    start = text.find(TOOL_CALL_OPEN)
+    if start < 0:
+        raise ValueError(f"no {TOOL_CALL_OPEN} tag")
+    body = text[start + len(TOOL_CALL_OPEN):]
+    end = body.find(TOOL_CALL_CLOSE)
+    body = body[:end] if end >= 0 else body
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"tool call is not valid JSON: {e.msg} at character {e.pos}") from None
+    if not isinstance(call, dict):
+        raise ValueError("tool call must be a JSON object")
+    name, arguments = call.get("name"), call.get("arguments", {})
+    if not isinstance(name, str):
+        raise ValueError('tool call needs a string "name"')
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'"arguments" string is not valid JSON: {e.msg}') from None
+    if not isinstance(arguments, dict):
+        raise ValueError('tool call "arguments" must be a JSON object')
+    return name, arguments
+
+
+def run_tool_call(text: str, tools: Mapping[str, Tool] = TOOLS) -> str:
+    """The output for the model of the tool call in `text`; every failure is an "Error: ..." string."""
+    try:
+        name, arguments = parse_tool_call(text)
+        tool = get_tool(name, tools)
+    except (ValueError, UserError) as e:
+        return tool_error(str(e))
+    return tool.run(arguments)
