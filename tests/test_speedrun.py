@@ -29,6 +29,10 @@ def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_pat
     assert 0 <= m["dpo"]["pref_accuracy"] <= 1
     assert {r["model"] for r in report["diversity"]["results"]} == {"base", "sft", "ppo", "grpo", "dpo"}
     assert {r["strategy"] for r in report["strategies"]["results"]} == {"direct", "cot", "sc", "tool"}
+    pairs = report["strategies"]["prompt_pairs"]  # the talk's prompting claims, each paired on the same instances
+    assert [(r["a"], r["b"]) for r in pairs] == [("sft, direct", "base, dialogue, 1-shot"), ("shipped, cot", "shipped, expert")]
+    assert all(r["n"] == 3 and 0 <= r["p"] <= 1 and r["diff"] == r["mean_b"] - r["mean_a"] for r in pairs)
+    assert "The talk's prompting claims" in (tmp_path / "run" / "report.md").read_text()
     for folder in ("base", "sft", "rm", "ppo", "grpo", "dpo"):  # every model is a Hugging Face folder
         assert (run / folder / "config.json").is_file() and (run / folder / "model.safetensors").is_file()
 

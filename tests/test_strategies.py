@@ -437,7 +437,8 @@ def test_dialogue_strategy_continues_a_helpful_transcript_and_stops_at_the_next_
     shots = task_problems("add2", "train", 2)
     document = model.log[0]["messages"]
     assert all(f"User: {p.prompt('direct')[0]['content']}\nAssistant: {p.reference('direct')[-1]['content']}\n"
-               in document for p in shots)  # few-shot: solved train instances as earlier exchanges
+               in document for p in shots)  # few-shot: solved train instances as the exchanges
+    assert not any(q in document for q, _ in EXCHANGES)
 
 
 # ---- a tiny real model -------------------------------------------------------------------------------------

@@ -513,7 +513,7 @@ def stage_strategies(run: Path, spec: dict) -> dict:
                 settings = Settings(max_tokens=spec["max_tokens"], shots=spec["pair_shots"] if shots else 0)
                 done.append(evaluate(llms[folder], strategy, task, spec["pair_n"], settings, workers=16))
             test = paired_test(done[0]["correct"], done[1]["correct"])
-            name = [f"{x[0]}, {x[1]}" + (f", {spec['pair_shots']} shots" if x[2] else "") for x in (a, b)]
+            name = [f"{x[0]}, {x[1]}" + (f", {spec['pair_shots']}-shot" if x[2] else "") for x in (a, b)]
             pairs.append({"pair": label, "task": task, "a": name[0], "b": name[1], **test.as_dict()})
             metrics[f"{task}/{b[0]}_{b[1]}_vs_{a[0]}_{a[1]}"] = test.diff
     table += ("\n\nThe talk's prompting claims, each on the same held-out instances (greedy; shots: solved train "
