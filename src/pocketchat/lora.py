@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from pocketchat.errors import UserError
-from pocketchat.model import CausalLM, atomic_write, atomic_write_json
+from pocketchat.files import atomic_write, atomic_write_json
+from pocketchat.model import CausalLM
 
 # The Linear layers of a Llama block, by the module names PEFT's `target_modules` uses.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pocketchat.errors import UserError
+from pocketchat.files import atomic_write, atomic_write_json
 
 
 @dataclass
@@ -366,17 +367,3 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as e:
             raise UserError(f"{f}: corrupt safetensors file ({e})") from None
     return state
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`: a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from pocketchat.errors import UserError
-from pocketchat.model import atomic_write_json
+from pocketchat.files import atomic_write_json
 
 STAGE_TITLES = {"import": "The pretrained model, as given", "pretrain": "Pretraining (base model)",
                 "sft": "Supervised finetuning (chat model)", "eval": "Task accuracy of the chat model", "compare": "Comparisons (programmatic labeler)",

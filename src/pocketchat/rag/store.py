@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from pocketchat.errors import UserError
-from pocketchat.model import atomic_write
+from pocketchat.files import atomic_write
 from pocketchat.rag.embed import Embedder, load_embedder
 
 FORMAT = "pocketchat-index"

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from pocketchat.config import TrainConfig
 from pocketchat.errors import UserError
+from pocketchat.files import atomic_write, atomic_write_json, publish_checkpoint, recover
 from pocketchat.hardware import autocast_dtype, check_compile, matmul_flops
-from pocketchat.model import atomic_write
 from pocketchat.train import dist
 from pocketchat.train.optim import build_optimizer
 
@@ -70,17 +70,22 @@ def set_rng_state(state: dict) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl plus TensorBoard, written by rank 0. On resume, records past the checkpoint are dropped."""
+    """metrics.jsonl plus TensorBoard, written by rank 0. On resume, records past the checkpoint are dropped.
+
+    Evals run before the checkpoint of their step, so the records the checkpoint at step s vouches for are
+    exactly those with 0 < step <= s (the RL loop's step-0 baseline is rerun when no checkpoint exists yet).
+    They are kept, and not written again when a finished run is resumed and evaluates its last step again."""
 
     def __init__(self, out_dir: Path, start_step: int, enabled: bool):
         self.enabled = enabled
+        self.start_step = start_step
         self.path = out_dir / "metrics.jsonl"
         self.tb = None
         if not enabled:
             return
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in self.path.read_text().splitlines() if 0 < _record_step(line) <= start_step]
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -89,7 +94,7 @@ class MetricsLog:
             pass
 
     def write(self, record: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or 0 < record["step"] <= self.start_step:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -101,6 +106,14 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _record_step(line: str) -> int:
+    """A record's step; -1 for a line a kill cut short while it was being appended (it is dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return -1
 
 
 def train(
@@ -138,7 +151,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     start_step = 0
     if resume:
-        start_step = load_checkpoint(out_dir, raw, optimizer, scheduler, cfg, sharded)
+        start_step = load_checkpoint(out_dir, raw, optimizer, scheduler, cfg, info, sharded)
     model = raw if sharded else dist.wrap(raw, info, fsdp=False)
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     if cfg.compile:  # the training step only: evals and samples run eager, with shapes of their own
@@ -147,7 +160,7 @@ def train(
 
     log = MetricsLog(out_dir, start_step, info.is_main)
     if info.is_main:
-        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        atomic_write_json(out_dir / "train_config.json", asdict(cfg))
     peak = matmul_flops(info.device.type, amp or torch.float32) if flops_per_token else None
     evals: list[dict] = []
 
@@ -170,8 +183,6 @@ def train(
     bar = tqdm(total=cfg.steps, initial=start_step, desc=desc, disable=not info.is_main, dynamic_ncols=True)
     window_tokens, window_start = 0, time.perf_counter()
     for step in range(start_step, cfg.steps):
-        if cfg.eval_every and step % cfg.eval_every == 0 and step > start_step:
-            run_eval(step)
         loss_sum = 0.0
         for m in range(n_micro):
             batch = {k: v.to(info.device, non_blocking=True) for k, v in get_batch(step, info.rank * n_micro + m, info.world_size * n_micro).items()}
@@ -203,6 +214,8 @@ def train(
             log.write(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{tps:,.0f}", **({"mfu": f"{record['mfu']:.0%}"} if peak else {}))
             window_tokens, window_start = 0, time.perf_counter()
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            run_eval(done)  # before the save: a checkpoint never lacks the eval of its own step
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
             save(done)
     bar.close()
@@ -244,7 +257,8 @@ def _full_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
 
 
 def save_checkpoint(out_dir, model, optimizer, scheduler, step, cfg, info, export, sharded) -> None:
-    """One file holds everything needed to resume; it's written to a temp name, fsynced and renamed."""
+    """checkpoint.pt (everything needed to resume) and the exported model folder, published together in one
+    rename (files.publish_checkpoint): a kill mid-save leaves the previous checkpoint, whole."""
     model_state, optim_state = _full_state(model, optimizer, sharded)
     if info.is_main:
         state = {
@@ -255,13 +269,20 @@ def save_checkpoint(out_dir, model, optimizer, scheduler, step, cfg, info, expor
             "rng": rng_state(),
             "config": asdict(cfg),
         }
-        atomic_write(out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-        if export is not None:
-            export(model_state, out_dir)
+
+        def write(folder: Path) -> None:
+            torch.save(state, folder / CHECKPOINT)
+            if export is not None:
+                export(model_state, folder)
+
+        publish_checkpoint(out_dir, step, write)
     dist.barrier()
 
 
-def load_checkpoint(out_dir: Path, model, optimizer, scheduler, cfg: TrainConfig, sharded: bool) -> int:
+def load_checkpoint(out_dir: Path, model, optimizer, scheduler, cfg: TrainConfig, info: dist.DistInfo, sharded: bool) -> int:
+    if info.is_main:
+        recover(out_dir)  # what a killed save left: gone before anyone reads the folder
+    dist.barrier()
     path = out_dir / CHECKPOINT
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}")

@@ -25,7 +25,8 @@ from pocketchat.chat import CHAT_TEMPLATE, render
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.errors import UserError
-from pocketchat.model import RewardModel, atomic_write_json
+from pocketchat.files import atomic_write_json
+from pocketchat.model import RewardModel
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
 from pocketchat.train.loop import Batch, train

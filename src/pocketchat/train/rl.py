@@ -33,6 +33,7 @@ from pocketchat.chat import CHAT_TEMPLATE, render_prompt, renderable
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
+from pocketchat.files import atomic_write_json
 from pocketchat.hardware import autocast_dtype
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.model import CausalLM, RewardModel
@@ -403,9 +404,9 @@ def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[..., list[RLP
     cfg, out = trainer.cfg, Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=trainer.device)
-    start = load_checkpoint(out, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, sharded=False) if resume else 0
+    start = load_checkpoint(out, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, info, sharded=False) if resume else 0
     log = MetricsLog(out, start, enabled=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    atomic_write_json(out / "train_config.json", asdict(cfg))
     evals: list[dict] = []
 
     def run_eval(step: int) -> None:
