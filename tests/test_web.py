@@ -249,6 +249,36 @@ def test_settings_reach_the_request(new_page, chat_site):
     assert bodies[1]["messages"][0]["role"] == "user"
 
 
+def test_the_api_key_is_kept_for_this_tab_only(new_page, tmp_path):
+    """The key goes to sessionStorage (both pages read it there), never to localStorage, and a key an earlier
+    version left in localStorage is removed."""
+    app = create_app(scripted_engine(), "scripted", api_key="sekrit", label=tmp_path / "c.jsonl")
+    with running(app) as url:
+        page = new_page(url)
+        page.wait_for_selector("#error:not([hidden])")  # no key yet: the models can't be listed
+        page.evaluate("localStorage.setItem('pocketchat.settings', JSON.stringify({api_key: 'old', temperature: '0.5'}))")
+        page.reload()
+        page.fill("#api-key", "sekrit")
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("() => document.getElementById('model').options.length > 0")
+        assert page.evaluate("sessionStorage.getItem('pocketchat.api_key')") == "sekrit"
+        assert page.evaluate("JSON.parse(localStorage.getItem('pocketchat.settings'))") == {"temperature": "0.5"}
+        page.goto(f"{url}/label")  # the same tab: the labeling page has the key too
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('comparisons')")
+        assert page.input_value("#api-key") == "sekrit"
+        assert "sekrit" not in page.evaluate("JSON.stringify(localStorage)")
+
+
+def test_markdown_renders_long_runs_of_markup_in_linear_time(new_page, chat_site):
+    _, url, _ = chat_site
+    page = open_chat(new_page, url)
+    # each was slow for a pattern that backtracks over the rest of the line (80,000 "[" took seconds)
+    ms = page.evaluate("""() => ["[".repeat(80000), "[a".repeat(40000), "[a](".repeat(20000), "**a".repeat(27000),
+                                 "*a".repeat(40000), "`a".repeat(40000), "```" + " ".repeat(80000) + "x"]
+        .map((text) => { const start = performance.now(); renderMarkdown(text); return performance.now() - start; })""")
+    assert max(ms) < 250, ms
+
+
 def test_a_server_error_is_shown_and_the_question_can_be_retried(new_page, chat_site):
     engine, url, _ = chat_site
     page = open_chat(new_page, url)

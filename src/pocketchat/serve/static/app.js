@@ -4,7 +4,11 @@
 "use strict";
 
 const KEYS = { conversations: "pocketchat.conversations", current: "pocketchat.current", settings: "pocketchat.settings" };
-const SETTINGS = { model: "model", system: "system", temperature: "temperature", top_p: "top-p", max_tokens: "max-tokens", api_key: "api-key" };
+const SETTINGS = { model: "model", system: "system", temperature: "temperature", top_p: "top-p", max_tokens: "max-tokens" };
+// While a reply streams it is redrawn whole, which costs time in its length: a redraw waits REDRAW_GAP times
+// as long as the last one took, so redrawing takes at most a fifth of the time however long the reply gets
+// (a short reply still redraws on every chunk).
+const REDRAW_GAP = 4;
 
 let conversations = load(KEYS.conversations, []);  // [{id, title, messages: [{role, content, stopped?}]}]
 let currentId = localStorage.getItem(KEYS.current);
@@ -157,6 +161,37 @@ async function* sseFrames(res) {
   }
 }
 
+// A function that shows the latest text of a streaming reply in `el`, at the pace REDRAW_GAP allows; its
+// flush() draws at once a text still waiting (the reply has finished), cancel() drops it (render() redraws).
+function streamingView(el) {
+  let text = "", due = 0, timer = null;
+  const draw = () => {
+    timer = null;
+    const start = performance.now();
+    el.innerHTML = renderMarkdown(text);  // escaped: see markdown.js
+    const end = performance.now();
+    due = end + (end - start) * REDRAW_GAP;
+    $("messages").scrollTop = $("messages").scrollHeight;
+  };
+  const show = (latest) => {
+    text = latest;
+    if (timer !== null) return;
+    const wait = due - performance.now();
+    if (wait <= 0) draw();
+    else timer = setTimeout(draw, wait);
+  };
+  show.cancel = () => {
+    clearTimeout(timer);
+    timer = null;
+  };
+  show.flush = () => {
+    if (timer === null) return;
+    show.cancel();
+    draw();
+  };
+  return show;
+}
+
 async function generate(conv) {
   const s = settings();
   const history = conv.messages.map(({ role, content }) => ({ role, content }));
@@ -169,7 +204,7 @@ async function generate(conv) {
   render();
   const el = $("messages").lastElementChild;
   el.dataset.streaming = "true";
-  const content = el.querySelector(".content");
+  const show = streamingView(el.querySelector(".content"));
   try {
     const body = { model: s.model, messages, stream: true };
     // an empty field means the server's default (not 0)
@@ -184,14 +219,15 @@ async function generate(conv) {
       const delta = chunk.choices[0]?.delta;
       if (delta?.content) {
         reply.content += delta.content;
-        content.innerHTML = renderMarkdown(reply.content);
-        $("messages").scrollTop = $("messages").scrollHeight;
+        show(reply.content);
       }
+      if (chunk.choices[0]?.finish_reason) show.flush();
     }
   } catch (e) {
     if (e.name === "AbortError") reply.stopped = true;
     else showError(e.message);
   } finally {
+    show.cancel();
     // a reply that failed before its first word is dropped (Retry sends the question again)
     if (!reply.content && !reply.stopped) conv.messages.splice(conv.messages.indexOf(reply), 1);
     controller = null;
@@ -236,7 +272,7 @@ function init() {
     if (saved[name] !== undefined && name !== "model") $(id).value = saved[name];
     $(id).addEventListener("change", saveSettings);
   }
-  $("api-key").addEventListener("change", loadModels);
+  keepApiKey(KEYS.settings, loadModels);
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("input").value;

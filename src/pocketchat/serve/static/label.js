@@ -3,8 +3,8 @@
 // comparison JSONL (serve/labeling.py). Model text reaches the page only through textContent.
 "use strict";
 
-const KEYS = { next: "pocketchat.label.next", settings: "pocketchat.label.settings", chat: "pocketchat.settings" };
-const SETTINGS = { k: "k", temperature: "temperature", max_tokens: "max-tokens", api_key: "api-key" };
+const KEYS = { next: "pocketchat.label.next", settings: "pocketchat.label.settings" };
+const SETTINGS = { k: "k", temperature: "temperature", max_tokens: "max-tokens" };
 
 let taskIndex = null;  // the task-suite prompt in the box, until the person edits it
 let set = null;  // the sampled set being ranked: {id, completions: [{index, text, finish_reason}]}
@@ -164,8 +164,8 @@ function skip() {
 // ---- wiring ------------------------------------------------------------------------------------------------
 
 function init() {
+  keepApiKey(KEYS.settings, refreshStatus);
   const saved = load(KEYS.settings, {});
-  saved.api_key ??= load(KEYS.chat, {}).api_key;  // the chat page's key, if the person set one there
   for (const [name, id] of Object.entries(SETTINGS)) {
     if (saved[name] !== undefined) $(id).value = saved[name];
     $(id).addEventListener("change", () => {
@@ -174,7 +174,6 @@ function init() {
       localStorage.setItem(KEYS.settings, JSON.stringify(s));
     });
   }
-  $("api-key").addEventListener("change", refreshStatus);
   $("prompt").addEventListener("input", promptEdited);
   $("task-prompt").addEventListener("click", nextTaskPrompt);
   $("sample").addEventListener("click", sample);

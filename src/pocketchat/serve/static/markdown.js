@@ -11,13 +11,15 @@ function escapeHtml(text) {
   return text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
 }
 
-// Inline rules, on one escaped line: `code`, **bold**, *italic*, [text](http://url).
+// Inline rules, on one escaped line: `code`, **bold**, *italic*, [text](http://url). Each pattern's repeated
+// part stops at the character that could start its next match (a backtick, a star, a bracket), so a line is
+// scanned in linear time whatever it holds (a link text that could hold "[" made 80,000 of them take seconds).
 function renderInline(escaped) {
   const codes = [];  // set aside so the other rules leave code alone; NUL can't occur (stripped below)
   let s = escaped.replace(/`([^`]+)`/g, (_, code) => `\u0000${codes.push(code) - 1}\u0000`);
   s = s.replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>");
   s = s.replace(/(^|[^*\w])\*([^*\s][^*]*)\*(?![*\w])/g, "$1<em>$2</em>");
-  s = s.replace(/\[([^\]]+)\]\((https?:\/\/[^\s()]+)\)/g,
+  s = s.replace(/\[([^[\]]+)\]\((https?:\/\/[^\s()]+)\)/g,
     '<a href="$2" target="_blank" rel="noopener noreferrer nofollow">$1</a>');
   return s.replace(/\u0000(\d+)\u0000/g, (_, i) => `<code>${codes[i]}</code>`);
 }
