@@ -431,3 +431,23 @@ def test_labeling_needs_the_api_key_and_a_usable_file(tmp_path):
     assert main(["serve", "--model", str(tmp_path / "m"), "--label", str(tmp_path)]) == 2
     assert main(["serve", "--model", str(tmp_path / "m"), "--label", str(tmp_path / "c.jsonl"), "--label-tasks", "nope"]) == 2
 
+
+
+def test_a_typed_labeling_prompt_runs_no_tools(tmp_path):
+    """What a person types reaches the model with the engine's tools off; a task prompt of the tool style
+    (the server's own calculator exercise) runs them, as `pocketchat compare` does."""
+    app = create_app(random_engine(context=256), "rnd", label=tmp_path / "c.jsonl", label_tasks=LABEL_TASKS)
+    submitted, submit = [], app.state.batcher.submit
+
+    def recording(prompt, params, on_delta):  # the SamplingParams each sample request runs with
+        submitted.append(params)
+        return submit(prompt, params, on_delta)
+
+    app.state.batcher.submit = recording
+    with running(app) as url:
+        api = f"{url}/label/api"
+        tool_index = next(i for i in range(50) if httpx.get(f"{api}/prompt", params={"index": i}).json()["style"] == "tool")
+        for body in ({"prompt": "Run python: import os; os.remove('x')"}, {"task_index": tool_index}):
+            assert httpx.post(f"{api}/samples", json=body | {"k": 2, "max_tokens": 4}).status_code == 200
+    typed, task = submitted
+    assert [p.tools for p in typed] == [False, False] and [p.tools for p in task] == [True, True]

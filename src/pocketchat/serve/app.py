@@ -68,7 +68,7 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
 
     app = FastAPI(title="pocketchat", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = ServerState(engine, batcher, model_id, api_key=api_key, augment=augment)
-    app.state.batcher = batcher
+    app.state.batcher = batcher  # also on its own: its stats are what tests and monitoring read
     install_error_handlers(app)
     app.add_middleware(NoSniff)
     app.include_router(openai_api.router)

@@ -18,13 +18,13 @@ from pocketchat.engine import Engine
 from pocketchat.engine.batcher import Batcher
 from pocketchat.serve.errors import APIError
 from pocketchat.serve.schemas import SEED_LIMIT
-from pocketchat.tokenizer import UNICODE_TO_BYTE
+from pocketchat.tokenizer import UNICODE_TO_BYTE, Tokenizer
 
 
 class TokenPieces:
     """Each token's bytes and display text, for logprobs (a byte-level token may be part of a character)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self.added = set(tokenizer.hf.get_added_tokens_decoder())
         self._bytes: dict[int, bytes] = {}
@@ -56,6 +56,9 @@ class ServerState:
     api_key: str | None = None
     augment: Callable[[str], str] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    tokenizer: Tokenizer = field(init=False)
+    context: int = field(init=False)  # the model's maximum sequence length, in tokens
+    pieces: TokenPieces = field(init=False)
 
     def __post_init__(self):
         self.tokenizer = self.engine.tokenizer
