@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 from pocketchat.serve.app import create_app
 from test_serve import random_engine, running
 
-EXAMPLES = 40  # generated requests per route (8 routes)
+EXAMPLES = 30  # generated requests per route (8 routes) and mode
 CONTEXT = 96  # the model's context: it bounds every generation, whatever max_tokens a request asks for
 MAX_QUEUE = 8
 # Routes whose generated requests must reach the model. Chat is not among them: its schema can't say which
