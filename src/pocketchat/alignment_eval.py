@@ -31,6 +31,7 @@ from pocketchat.stats import paired_test
 from pocketchat.tasks import Example, check, get_task, prompt_messages
 
 EVAL_MAX_TOKENS = 160
+GENERATE_CHUNK = 64  # prompts per engine batch when sampling an eval: bounds the KV cache and shows progress
 MICRO_BATCH = 16  # sequences per teacher-forced forward pass: bounds the [B, T, vocab] logits in memory
 
 
@@ -73,10 +74,19 @@ def sample_cases(engine: Engine, cases: Sequence[tuple[Example, str]], seed: int
                  temperature: float = 1.0) -> tuple[list[list[int]], list[Completion]]:
     """(prompt ids, completion) per case. Case i is sampled with seed (seed, i) whatever the model, so two
     models are compared on the same instances and the same random draws."""
+    from tqdm.auto import tqdm
+
     prompts = [render_prompt(engine.tokenizer, prompt_messages(e, s)) for e, s in cases]
     params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed * 100_003 + i, tools=s == "tool")
               for i, (_, s) in enumerate(cases)]
-    return prompts, engine.generate(prompts, params)
+    completions = []
+    with tqdm(total=len(prompts), desc="sampling held-out prompts", unit="prompt", dynamic_ncols=True,
+              disable=len(prompts) <= GENERATE_CHUNK) as bar:
+        for start in range(0, len(prompts), GENERATE_CHUNK):
+            chunk = slice(start, start + GENERATE_CHUNK)
+            completions += engine.generate(prompts[chunk], params[chunk])
+            bar.update(len(completions) - bar.n)
+    return prompts, completions
 
 
 @torch.no_grad()
