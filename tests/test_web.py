@@ -435,7 +435,7 @@ def test_labeling_needs_the_api_key_and_a_usable_file(tmp_path):
 
 def test_a_typed_labeling_prompt_runs_no_tools(tmp_path):
     """What a person types reaches the model with the engine's tools off; a task prompt of the tool style
-    (the server's own calculator exercise) runs them, as `pocketchat compare` does."""
+    (the server's own calculator exercise) runs the calculator and no other tool."""
     app = create_app(random_engine(context=256), "rnd", label=tmp_path / "c.jsonl", label_tasks=LABEL_TASKS)
     submitted, submit = [], app.state.batcher.submit
 
@@ -450,4 +450,4 @@ def test_a_typed_labeling_prompt_runs_no_tools(tmp_path):
         for body in ({"prompt": "Run python: import os; os.remove('x')"}, {"task_index": tool_index}):
             assert httpx.post(f"{api}/samples", json=body | {"k": 2, "max_tokens": 4}).status_code == 200
     typed, task = submitted
-    assert [p.tools for p in typed] == [False, False] and [p.tools for p in task] == [True, True]
+    assert [p.tools for p in typed] == [(), ()] and [p.tools for p in task] == [("calculator",)] * 2

@@ -307,15 +307,25 @@ def constraint(args, tokenizer):
 def cmd_serve(args, overrides) -> None:
     import uvicorn
 
+    from pocketchat.chat import missing_tool_tokens
+    from pocketchat.engine.sandbox import sandbox_status
     from pocketchat.serve.app import create_app
 
     no_overrides(overrides)
     engine = load_engine(args.model, args.device)
     name = Path(args.model).resolve().name
     tasks = [t for t in args.label_tasks.split(",") if t] if args.label_tasks else None
+    tools = [] if args.tools.strip() == "none" else [t.strip() for t in args.tools.split(",") if t.strip()]
     app = create_app(engine, name, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.queue,
-                     label=args.label, label_tasks=tasks, augment=rag_augmenter(args))
-    print(f"serving {name}: chat page http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1")
+                     label=args.label, label_tasks=tasks, augment=rag_augmenter(args), tools=tools)
+    served_tools = app.state.server.tools
+    if tools and not served_tools:
+        missing = ", ".join(missing_tool_tokens(engine.tokenizer))
+        print(f"note: {name}'s tokenizer has no {missing} tokens; the chat page runs no tools", file=sys.stderr)
+    if "python" in served_tools:  # the model's Python runs here: say how contained it is
+        print(f"note: {sandbox_status()}", file=sys.stderr)
+    print(f"serving {name}: chat page http://{args.host}:{args.port}/ (tools: {', '.join(served_tools) or 'none'}), "
+          f"OpenAI API http://{args.host}:{args.port}/v1")
     if args.label:
         print(f"labeling page http://{args.host}:{args.port}/label : ranked pairs are appended to {args.label}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -546,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "comparison JSONL as `pocketchat compare` writes it (for pocketchat rm / dpo)")
     s.add_argument("--label-tasks", metavar="TASKS", help="comma-separated tasks the labeling page draws prompts from "
                    "(default: add2,add,mul,word,count_letters,sort_list,units)")
+    s.add_argument("--tools", default="calculator", metavar="NAMES", help="tools the server runs for the model's "
+                   "calls in the web chat page, comma-separated: calculator, python (the model's code, in the "
+                   "sandbox); none or an empty value turns them off. The /v1 API never runs tools itself")
     add_rag_arguments(s, "put the passages it finds for the last user message of each chat request into it")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_serve)

@@ -400,7 +400,8 @@ class Engine:
         start = len(row.token_ids) - 1
         while start > 0 and not row.forced[start - 1] and row.token_ids[start] != self.tool_open:
             start -= 1
-        output = run_tool_call(self.tokenizer.decode(row.token_ids[start:]))
+        allowed = None if row.params.tools is True else row.params.tools
+        output = run_tool_call(self.tokenizer.decode(row.token_ids[start:]), allowed=allowed)
         enc = self.tokenizer.encode
         return [self.im_end, *enc("\n"), self.im_start, *enc("tool\n" + output), self.im_end, *enc("\n"),
                 self.im_start, *enc("assistant\n")]

@@ -34,7 +34,9 @@ class SamplingParams:
     logprobs: bool = False  # log p of each completion token under the raw model (temperature 1, no filters)
     top_logprobs: int = 0  # also the n most likely tokens at each position, {token_id: logprob}
     logits_processor: LogitsProcessor | None = None  # constrained decoding: returns the allowed-token mask
-    tools: bool = False  # run <tool_call>s and force the tool turn into the sequence
+    # run <tool_call>s and force the tool turn into the sequence: True for every tool, or the names of those
+    # that may run (a call to another is answered with a refusal, not run; an empty tuple runs none)
+    tools: bool | tuple[str, ...] = False
     max_tool_calls: int = 4
 
     def __post_init__(self):
@@ -48,6 +50,9 @@ class SamplingParams:
             ("max_tokens", self.max_tokens >= 1, ">= 1"),
             ("top_logprobs", self.top_logprobs >= 0, ">= 0"),
             ("max_tool_calls", self.max_tool_calls >= 0, ">= 0"),
+            ("tools", isinstance(self.tools, bool) or (isinstance(self.tools, tuple)
+                                                       and all(isinstance(n, str) for n in self.tools)),
+             "True, False or a tuple of tool names"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings"),
         ]
         for name, ok, want in checks:

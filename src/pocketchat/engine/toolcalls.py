@@ -4,7 +4,7 @@ register by adding a `Tool` to `TOOLS` (or by passing another mapping)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from pocketchat.engine.calculator import CALCULATOR
 from pocketchat.engine.sandbox import PYTHON
@@ -56,10 +56,16 @@ def parse_tool_call(text: str) -> tuple[str, dict]:
     return name, arguments
 
 
-def run_tool_call(text: str, tools: Mapping[str, Tool] = TOOLS) -> str:
-    """The output for the model of the tool call in `text`; every failure is an "Error: ..." string."""
+def run_tool_call(text: str, tools: Mapping[str, Tool] = TOOLS, allowed: Collection[str] | None = None) -> str:
+    """The output for the model of the tool call in `text`; every failure is an "Error: ..." string.
+
+    allowed: the names of the tools this call may run (None: all of `tools`). A call to any other is answered
+    with a refusal the model (and the person reading the transcript) can read, and nothing runs."""
     try:
         name, arguments = parse_tool_call(text)
+        if allowed is not None and name not in allowed:
+            what = f"the {name!r} tool is turned off here" if name in tools else f"unknown tool {name!r}"
+            return tool_error(f"{what} (available: {', '.join(n for n in tools if n in allowed) or 'none'})")
         tool = get_tool(name, tools)
     except (ValueError, UserError) as e:
         return tool_error(str(e))

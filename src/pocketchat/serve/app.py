@@ -2,12 +2,14 @@
 
     openai_api.py  GET /health; GET /v1/models, POST /v1/chat/completions, POST /v1/completions (API key)
     pages.py       GET / (the chat page) and /static
+    tool_chat.py   GET /chat/api/tools, POST /chat/api/completions (API key): the page's chat, whose tool calls
+                   the server runs
     labeling.py    GET /label and /label/api/* (API key), only when create_app is given a comparison file
 
 A route gets what it shares through dependencies (state.py): the `ServerState` on `app.state.server`, the
 API-key check, and for labeling the `Labeling` on `app.state.labeling`. Each module below app.py imports
-only the ones below it (state, errors, jobs, prepare, schemas), never app.py, so a new router (say, a chat
-route that runs the engine's tools for the page) is one module and one `include_router` here.
+only the ones below it (state, errors, jobs, prepare, schemas; tool_chat also reuses openai_api's
+`partial_suffix`), never app.py, so a new router is one module and one `include_router` here.
 
 Every error is OpenAI's shape with a 4xx status for anything the client can fix (errors.py); the server
 keeps serving whatever a request holds.
@@ -23,7 +25,7 @@ from fastapi import FastAPI
 
 from pocketchat.engine import Engine
 from pocketchat.engine.batcher import Batcher
-from pocketchat.serve import labeling, openai_api, pages
+from pocketchat.serve import labeling, openai_api, pages, tool_chat
 from pocketchat.serve.errors import install_error_handlers
 from pocketchat.serve.state import ServerState
 
@@ -50,12 +52,15 @@ class NoSniff:
 
 def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_batch: int = 16,
                max_queue: int = 64, label: str | Path | None = None, label_tasks: Sequence[str] | None = None,
-               augment: Callable[[str], str] | None = None) -> FastAPI:
+               augment: Callable[[str], str] | None = None,
+               tools: Sequence[str] = tool_chat.DEFAULT_TOOLS) -> FastAPI:
     """The server for one model. `app.state.batcher` runs from startup to shutdown (the app's lifespan).
 
     augment: applied to the last user message of every chat request before rendering (`serve --rag INDEX`).
     label: a comparison JSONL file; with it the app also serves the labeling page at /label, drawing task
-    prompts from `label_tasks` (default: those `pocketchat compare` uses)."""
+    prompts from `label_tasks` (default: those `pocketchat compare` uses).
+    tools: the engine's tools the chat page may have the server run (`serve --tools`); none when the model's
+    tokenizer can't write a tool call (tool_chat.builtin_tools)."""
     batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue)
 
     @asynccontextmanager
@@ -67,12 +72,14 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
             batcher.close()
 
     app = FastAPI(title="pocketchat", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.server = ServerState(engine, batcher, model_id, api_key=api_key, augment=augment)
+    app.state.server = ServerState(engine, batcher, model_id, api_key=api_key, augment=augment,
+                                   tools=tool_chat.builtin_tools(engine.tokenizer, tools))
     app.state.batcher = batcher  # also on its own: its stats are what tests and monitoring read
     install_error_handlers(app)
     app.add_middleware(NoSniff)
     app.include_router(openai_api.router)
     app.include_router(pages.router)
+    app.include_router(tool_chat.router)
     app.mount("/static", pages.static_files(), name="static")
     if label is not None:
         app.state.labeling = labeling.Labeling(engine, label, label_tasks)

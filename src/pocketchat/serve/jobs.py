@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -44,6 +44,12 @@ class Choice:
         if d.finish_reason is not None:
             self.finish_reason, self.completion = d.finish_reason, d.completion
             self.generated = len(d.completion.token_ids) if d.completion else len(self.token_ids)
+
+
+class GenerationFailed(Exception):
+    def __init__(self, frame: str):
+        super().__init__(frame)
+        self.frame = frame  # the SSE frame that ends the stream (OpenAI's error shape)
 
 
 class Job:
@@ -87,6 +93,16 @@ class Job:
             if watcher is not None:
                 watcher.cancel()
 
+    async def added(self, choices: list[Choice]) -> AsyncIterator[Delta]:
+        """Deltas as they come, each added to its choice first (for a stream). A failed generation cancels
+        the job and raises `GenerationFailed`, which carries the frame that ends the stream."""
+        async for d in self.deltas():
+            if d.finish_reason == "error":
+                self.cancel()
+                raise GenerationFailed(failed_frame(d))
+            choices[d.index].add(d)
+            yield d
+
     async def _watch(self, request: Request) -> None:
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_S)
@@ -108,6 +124,23 @@ class Job:
 
 def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class ChunkFrames:
+    """The SSE frames of a streamed chat answer (chat.completion.chunk), for each route that streams one."""
+
+    def __init__(self, meta: dict, usage: bool):
+        self.base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
+        self.usage = usage  # stream_options.include_usage: every chunk says "usage": null, a last one has it
+
+    def choice(self, i: int, delta: dict, finish: str | None = None, lp: list | None = None) -> str:
+        choice = {"index": i, "delta": delta, "logprobs": lp and {"content": lp}, "finish_reason": finish}
+        return sse({**self.base, "choices": [choice], **({"usage": None} if self.usage else {})})
+
+    def end(self, prompt_tokens: int, choices: list[Choice]) -> Iterator[str]:
+        if self.usage:
+            yield sse({**self.base, "choices": [], "usage": usage_of(prompt_tokens, choices)})
+        yield "data: [DONE]\n\n"
 
 
 def failed_frame(d: Delta) -> str:

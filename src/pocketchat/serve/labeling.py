@@ -12,9 +12,9 @@ the ones `pocketchat compare` writes (`labeler.comparison_record` for task-suite
 a typed prompt), each checked with the comparison loader's own parser before it is written; pairs of
 identical replies are left out (`labeler.ranked_pairs`). One ranking's lines go out in one write, then
 flush and fsync, so a killed server leaves whole lines. Samples go through the server's batcher, next to
-the chat traffic. Task prompts of the tool style run the engine's tools, as `compare` does (the prompt is
-the server's: a calculator exercise); a typed prompt runs none, so what a person types can't lead the model
-to run code.
+the chat traffic. Task prompts of the tool style run the calculator, as `compare` does (the prompt is the
+server's: a calculator exercise), and only the calculator: a call to any other tool gets a refusal as its
+result; a typed prompt runs no tool, so what a person types can't lead the model to run code.
 
 The labeling state (`Labeling`) lives on `app.state.labeling`; create_app sets it and includes `router`
 only when the server runs with --label.
@@ -50,6 +50,7 @@ LABELER = "human"  # the record's labeler, as `pocketchat compare --labeler huma
 MAX_PENDING = 256  # sampled sets waiting for a ranking; older ones are forgotten
 PER_TASK = 200  # task-suite prompts drawn per task (the index wraps around after all of them)
 DEFAULT_TASKS = ["add2", "add", "mul", "word", "count_letters", "sort_list", "units"]  # as `compare` draws
+LABEL_TOOLS = ("calculator",)  # what the tool-style task prompts are exercises for
 
 
 @dataclass
@@ -161,11 +162,11 @@ async def samples(body: LabelSamplesRequest, request: Request, lab: LabelingStat
     if body.task_index is not None:
         example, style = lab.case(body.task_index)
         messages = prompt_messages(example, style)
-        tools = style == "tool" and lab.can_use_tools
+        tools = LABEL_TOOLS if style == "tool" and lab.can_use_tools else ()
     else:
         if not body.prompt.strip():
             raise APIError(400, "prompt is empty", param="prompt")
-        example, style, tools = None, None, False
+        example, style, tools = None, None, ()
         messages = [{"role": "user", "content": body.prompt}]
     ids = render_prompt(state.tokenizer, messages)
     if len(ids) >= state.context:

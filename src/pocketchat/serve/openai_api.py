@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Request
 
 from pocketchat.chat import TOOL_CALL, parse_assistant
 from pocketchat.serve.errors import APIError
-from pocketchat.serve.jobs import Choice, Job, failed_frame, sse, stream_response, usage_of
+from pocketchat.serve.jobs import (Choice, ChunkFrames, GenerationFailed, Job, failed_frame, sse,
+                                   stream_response, usage_of)
 from pocketchat.serve.prepare import chat_processor, chat_prompt, check_context, check_model, sampling, text_prompts
 from pocketchat.serve.schemas import ChatRequest, CompletionRequest
 from pocketchat.serve.state import Server, ServerState, authorize
@@ -118,50 +119,45 @@ async def chat_stream(state: ServerState, job: Job, meta: dict, prompt_tokens: i
                       usage: bool):
     """SSE frames: a role delta per choice, content deltas, a last delta with finish_reason; then usage
     (when asked) and [DONE]. With tools, text from <tool_call> on is held back and sent as tool_calls."""
-    base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
-    extra = {"usage": None} if usage else {}
-
-    def frame(i: int, delta: dict, finish: str | None = None, lp: list | None = None) -> str:
-        choice = {"index": i, "delta": delta, "logprobs": lp and {"content": lp}, "finish_reason": finish}
-        return sse({**base, "choices": [choice], **extra})
-
+    frames = ChunkFrames(meta, usage)
+    frame = frames.choice
     for i in range(job.n):
         yield frame(i, {"role": "assistant", "content": ""})
     choices = [Choice() for _ in range(job.n)]
     sent = [0] * job.n  # characters of each choice's text sent as content
-    async for d in job.deltas():
-        if d.finish_reason == "error":
-            job.cancel()
-            yield failed_frame(d)
-            return
-        c = choices[d.index]
-        c.add(d)
-        visible = c.text
-        if tools:  # show text up to a tool call, less a tail that may be the start of its tag
-            cut = visible.find(TOOL_CALL)
-            if cut >= 0:
-                visible = visible[:cut]
-            elif d.finish_reason is None:
-                visible = visible[: len(visible) - _partial_suffix(visible, TOOL_CALL)]
-        content = visible[sent[d.index]:]
-        sent[d.index] += len(content)
-        lp = logprob_entries(state, d.token_ids, d.logprobs, d.top_logprobs or []) if logprobs and d.token_ids else None
-        if content or lp:
-            yield frame(d.index, {"content": content} if content else {}, lp=lp)
-        if d.finish_reason is not None:
-            message, finish = chat_message(c, tools)
-            delta = {}
-            if "tool_calls" in message:
-                delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
-            elif len(c.text) > sent[d.index]:  # held back as a possible tool call, but it was not one
-                delta["content"] = c.text[sent[d.index]:]
-            yield frame(d.index, delta, finish)
-    if usage:
-        yield sse({**base, "choices": [], "usage": usage_of(prompt_tokens, choices)})
-    yield "data: [DONE]\n\n"
+    try:
+        async for d in job.added(choices):
+            c = choices[d.index]
+            visible = c.text
+            if tools:  # show text up to a tool call, less a tail that may be the start of its tag
+                cut = visible.find(TOOL_CALL)
+                if cut >= 0:
+                    visible = visible[:cut]
+                elif d.finish_reason is None:
+                    visible = visible[: len(visible) - partial_suffix(visible, TOOL_CALL)]
+            content = visible[sent[d.index]:]
+            sent[d.index] += len(content)
+            lp = None
+            if logprobs and d.token_ids:
+                lp = logprob_entries(state, d.token_ids, d.logprobs, d.top_logprobs or [])
+            if content or lp:
+                yield frame(d.index, {"content": content} if content else {}, lp=lp)
+            if d.finish_reason is not None:
+                message, finish = chat_message(c, tools)
+                delta = {}
+                if "tool_calls" in message:
+                    delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+                elif len(c.text) > sent[d.index]:  # held back as a possible tool call, but it was not one
+                    delta["content"] = c.text[sent[d.index]:]
+                yield frame(d.index, delta, finish)
+    except GenerationFailed as e:
+        yield e.frame
+        return
+    for end in frames.end(prompt_tokens, choices):
+        yield end
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper start of `tag`."""
     return max((k for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
 

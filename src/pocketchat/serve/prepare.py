@@ -41,8 +41,10 @@ def check_context(state: ServerState, prompt: list[int], param: str) -> None:
         raise APIError(400, f"the {param} are empty", param=param)
 
 
-def sampling(body: Sampling, max_tokens: int, logprobs: bool, top_logprobs: int, processor) -> list[SamplingParams]:
-    """SamplingParams for each of the n completions; a seeded request seeds completion i with seed + i."""
+def sampling(body: Sampling, max_tokens: int, logprobs: bool, top_logprobs: int, processor,
+             tools: tuple[str, ...] = ()) -> list[SamplingParams]:
+    """SamplingParams for each of the n completions; a seeded request seeds completion i with seed + i.
+    tools: the engine's tools the completions run (the chat page's route); the API's routes run none."""
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
             raise APIError(400, f"{name} is not supported", param=name)
@@ -54,7 +56,7 @@ def sampling(body: Sampling, max_tokens: int, logprobs: bool, top_logprobs: int,
     common = dict(temperature=1.0 if body.temperature is None else body.temperature,
                   top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, min_p=body.min_p or 0.0,
                   max_tokens=max_tokens, stop=stop, ignore_eos=body.ignore_eos, logprobs=logprobs,
-                  top_logprobs=top_logprobs, logits_processor=processor)
+                  top_logprobs=top_logprobs, logits_processor=processor, tools=tools)
     return [SamplingParams(**common, seed=seed) for seed in sample_seeds(body.seed, body.n or 1)]
 
 

@@ -114,6 +114,12 @@ class ChatRequest(Sampling):
     response_format: ResponseFormat | None = None
 
 
+class ToolChatRequest(ChatRequest):
+    """The chat page's request (serve/tool_chat.py): a chat request whose tool calls the server runs."""
+
+    builtin_tools: list[str] | None = None  # names among the server's tools; None: all of them, []: none
+
+
 class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
@@ -145,8 +151,8 @@ class LabelRankRequest(Body):
 
 def _field_names() -> set[str]:
     models = [TextPart, FunctionCall, ToolCall, Message, FunctionSpec, Tool, NamedFunction, NamedToolChoice,
-              JSONSchemaFormat, ResponseFormat, StreamOptions, ChatRequest, CompletionRequest, LabelSamplesRequest,
-              LabelRankRequest]
+              JSONSchemaFormat, ResponseFormat, StreamOptions, ChatRequest, ToolChatRequest, CompletionRequest,
+              LabelSamplesRequest, LabelRankRequest]
     return {name for m in models for f_name, f in m.model_fields.items() for name in (f_name, f.alias) if name}
 
 

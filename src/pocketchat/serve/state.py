@@ -48,13 +48,14 @@ class ServerState:
     """One model served: its engine, the batcher every request goes through, and the server's settings.
 
     augment: applied to the last user message of every chat request before rendering (`serve --rag INDEX`
-    puts retrieved passages there)."""
+    puts retrieved passages there). tools: the names of the tools the chat page's route runs."""
 
     engine: Engine
     batcher: Batcher
     model_id: str
     api_key: str | None = None
     augment: Callable[[str], str] | None = None
+    tools: tuple[str, ...] = ()  # the engine's tools the chat page's route may run (tool_chat.py)
     created: int = field(default_factory=lambda: int(time.time()))
     tokenizer: Tokenizer = field(init=False)
     context: int = field(init=False)  # the model's maximum sequence length, in tokens
