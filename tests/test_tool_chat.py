@@ -4,8 +4,8 @@ limited to the tools named) and streams the whole turn as messages; and `serve -
 The model is a script: `script_engine()` behind a model whose hidden state is the one-hot of the token a
 Python function picks from the whole conversation so far (each token id rides in the key cache, so batching,
 joining and compaction carry it like any key). It calls the calculator for "What is A + B?", Python for a
-question that names it, and after a tool turn answers with the tool's result; otherwise it greets. test_web.py
-drives the page with it.
+question that names it, and after a tool turn answers with the tool's result (on and on when the question
+says "forever"); otherwise it greets. test_web.py drives the page with it.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ def planned_reply(context: str) -> str:
     """What the script says in the assistant turn that follows `context` (the text of the turns before it)."""
     turns = [t.removesuffix("<|im_end|>\n") for t in context.split("<|im_start|>")[1:]]
     role, _, content = turns[-1].partition("\n")
-    if role == "tool":
-        return f"I could not run it ({content})." if content.startswith("Error") else f"So the answer is {content}."
     question = next(t.partition("\n")[2] for t in reversed(turns) if t.startswith("user\n"))
+    if role == "tool":
+        if content.startswith("Error"):
+            return f"I could not run it ({content})."
+        return f"So the answer is {content}." + " And again." * (300 if "forever" in question else 0)
     if "python" in question.lower():
         return f"<tool_call>{call_text('python', {'code': PYTHON_CODE})}</tool_call>"
     if sum_ := re.search(r"(\d+) \+ (\d+)", question):

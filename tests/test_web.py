@@ -2,7 +2,8 @@
 `playwright install`) against a real uvicorn server, as a person uses them.
 
 The chat page (/) runs on the scripted model of test_serve.py, whose reply holds HTML that must stay text
-(`<img onerror=...>`, `<SCRIPT>`) and Markdown that must render (**bold**); the labeling page (/label) runs
+(`<img onerror=...>`, `<SCRIPT>`) and Markdown that must render (**bold**), and, for the tools the server
+runs, on test_tool_chat.py's script, which calls the calculator and Python; the labeling page (/label) runs
 on the random model, whose samples differ from each other. One browser serves the whole module; every test
 gets a fresh context (empty localStorage) and fails on any page error or console error (a CSP violation
 included). Without /usr/bin/chromium the browser tests skip (`apt-get install -y chromium`), except under
@@ -27,6 +28,7 @@ from pocketchat.labeler import comparison_record
 from pocketchat.serve.app import create_app
 from pocketchat.tasks import mixture, prompt_messages
 from test_serve import REPLY, random_engine, running, scripted_engine, wait_for
+from test_tool_chat import GREETING, PYTHON_CODE, script_engine
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -44,6 +46,14 @@ def chat_site():
     app = create_app(engine, "scripted")
     with running(app) as url:
         yield engine, url, app
+
+
+@pytest.fixture(scope="module")
+def tool_site():
+    """(base URL, app) of the tool-calling script's server, with the default tools (the calculator)."""
+    app = create_app(script_engine(), "script")
+    with running(app) as url:
+        yield url, app
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +105,7 @@ def new_page(browser):
 def chat_bodies(page) -> list[dict]:
     """The JSON bodies of the page's chat requests, as they are sent."""
     bodies = []
-    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and bodies.append(r.post_data_json))
+    page.on("request", lambda r: r.url.endswith("/chat/api/completions") and bodies.append(r.post_data_json))
     return bodies
 
 
@@ -237,16 +247,21 @@ def test_settings_reach_the_request(new_page, chat_site):
     page.fill("#top-p", "0.9")
     page.fill("#max-tokens", "5")
     page.select_option("#model", "scripted")
+    page.wait_for_function("() => document.getElementById('tool-names').textContent === 'calculator'")
     send(page, "hello")
     assert bodies[0] == {"model": "scripted", "stream": True, "temperature": 0.3, "top_p": 0.9, "max_tokens": 5,
+                         "builtin_tools": ["calculator"],
                          "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello"}]}
-    # an emptied field means the server's default, not 0
+    # an emptied field means the server's default, not 0; the tools box off runs none
     page.fill("#system", "")
     page.fill("#temperature", "")
     page.fill("#top-p", "")
+    page.uncheck("#use-tools")
     send(page, "again")
     assert bodies[1]["max_tokens"] == 5 and "temperature" not in bodies[1] and "top_p" not in bodies[1]
-    assert bodies[1]["messages"][0]["role"] == "user"
+    assert bodies[1]["messages"][0]["role"] == "user" and bodies[1]["builtin_tools"] == []
+    page.reload()
+    assert not page.is_checked("#use-tools")  # kept with the other settings
 
 
 def test_the_api_key_is_kept_for_this_tab_only(new_page, tmp_path):
@@ -295,6 +310,89 @@ def test_a_server_error_is_shown_and_the_question_can_be_retried(new_page, chat_
                            "&& document.getElementById('stop').hidden")
     assert page.locator("#error").is_hidden()
     assert texts(page, ".message.assistant strong") == ["bold"]
+
+
+# ---- the tools the server runs ----------------------------------------------------------------------------------
+
+NO_MARKUP = ("tool_call", "<|im_", "im_end", "im_start")
+
+
+def cards(page) -> list[tuple[str, list[str], str]]:
+    """(tool name, argument values, result) of each tool card on the page."""
+    return [(card.locator(".tool-name").text_content(), card.locator(".tool-args dd").all_text_contents(),
+             card.locator(".tool-result").text_content()) for card in page.locator(".tool-card").all()]
+
+
+def test_a_calculator_call_shows_as_a_card_with_its_result_then_the_answer(new_page, tool_site):
+    url, _ = tool_site
+    page = open_chat(new_page, url)
+    bodies = chat_bodies(page)
+    page.wait_for_function("() => document.getElementById('tool-names').textContent === 'calculator'")
+    send(page, "What is 37 + 45?")
+    # one reply: the call, its result, the answer; no markup anywhere on the page
+    assert page.locator(".message.assistant").count() == 1
+    assert cards(page) == [("calculator", ["37 + 45"], "82")]
+    assert texts(page, ".message.assistant .text") == ["So the answer is 82."]
+    assert page.locator(".tool-card.error").count() == 0
+    assert not any(tag in page.inner_text("body") for tag in NO_MARKUP)
+    # the history keeps the tool turns: a reload shows the same reply, and the next question sends them back
+    page.reload()
+    page.wait_for_selector(".tool-card")
+    assert cards(page) == [("calculator", ["37 + 45"], "82")]
+    assert texts(page, ".message.assistant .text") == ["So the answer is 82."]
+    page.wait_for_function("() => document.getElementById('model').options.length > 0")
+    send(page, "hi")
+    history = bodies[-1]["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant", "user"]
+    (call,) = history[1]["tool_calls"]
+    assert call["function"]["name"] == "calculator" and history[2] == {"role": "tool", "content": "82",
+                                                                        "tool_call_id": call["id"]}
+    assert texts(page, ".message.assistant .text")[-1] == GREETING  # its <b> stays text
+    assert page.locator(".message.assistant b").count() == 0
+    # regenerate samples the whole tool turn again; edit replaces it
+    page.click(".message.user >> nth=0 >> text=Edit")
+    page.fill("textarea.edit", "What is 2 + 3?")
+    page.click("text=Save & submit")
+    page.wait_for_function("() => document.getElementById('stop').hidden && document.querySelectorAll('.message').length === 2")
+    assert cards(page) == [("calculator", ["2 + 3"], "5")]
+    page.click(".message.assistant >> text=Regenerate")
+    page.wait_for_function("() => document.getElementById('stop').hidden && document.querySelectorAll('.message').length === 2")
+    assert bodies[-1]["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    assert cards(page) == [("calculator", ["2 + 3"], "5")]
+    assert texts(page, ".message.assistant .text") == ["So the answer is 5."]
+    stored = page.evaluate("JSON.parse(localStorage.getItem('pocketchat.conversations'))")[0]["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_a_python_call_is_refused_with_a_clear_card_when_the_server_does_not_run_python(new_page, tool_site):
+    url, _ = tool_site
+    page = open_chat(new_page, url)
+    send(page, "Use python, please")
+    ((name, args, result),) = cards(page)
+    assert (name, args) == ("python", [PYTHON_CODE])
+    assert result == "Error: the 'python' tool is turned off here (available: calculator)"
+    assert page.locator(".tool-card.error").count() == 1
+    assert texts(page, ".message.assistant .text") == [f"I could not run it ({result})."]
+    assert not any(tag in page.inner_text("body") for tag in NO_MARKUP)
+
+
+def test_stop_works_after_a_tool_turn(new_page, tool_site):
+    url, app = tool_site
+    stats = app.state.batcher.stats
+    wait_for(lambda: stats.running == 0)
+    cancelled = stats.cancelled
+    page = open_chat(new_page, url, max_tokens=2000)
+    page.fill("#input", "What is 1 + 2? Go on forever.")
+    page.press("#input", "Enter")
+    page.wait_for_function("() => (document.querySelector('[data-streaming] .text')?.textContent || '').includes('again')")
+    page.click("#stop")
+    wait_for(lambda: stats.cancelled == cancelled + 1 and stats.running == 0)
+    page.wait_for_selector("#stop", state="hidden")
+    assert cards(page) == [("calculator", ["1 + 2"], "3")]
+    assert texts(page, ".message.assistant .note") == ["(stopped)"]
+    stored = page.evaluate("JSON.parse(localStorage.getItem('pocketchat.conversations'))")[0]["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant"] and stored[-1]["stopped"] is True
+    assert stored[-1]["content"].startswith("So the answer is 3. And again.")
 
 
 # ---- the labeling page ---------------------------------------------------------------------------------------
