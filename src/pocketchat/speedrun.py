@@ -98,8 +98,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 # aligned models on the cells the compare stage picks (n = report_n per cell), and the whole eval table on the
 # select part (retention). No tool style: a model without tool-call tokens (SmolLM2) cannot call the calculator
 # the way the engine runs it. Direct replies to arithmetic restate it ("13 + 70 = 83", direct_equations): trained to
-# give the bare number, SmolLM2 fell from 21.5% to 2.5% on 2-digit sums. RL at lr 5e-6 moved no weight by more than
-# 1e-4 in 10 episodes (the aligned models answered as SFT did); ptx keeps the mixture's skills while it moves.
+# give the bare number, SmolLM2 fell from 21.5% to 2.5% on 2-digit sums (restating them: 69%). RL at lr 5e-6 moved no
+# weight by more than 1e-4 in 10 episodes; at 2e-5 (with ptx) it moves, and PPO learned the reward model's taste for
+# bare answers (direct sums 69% -> 5%): the retention check keeps such a model from shipping (see the README).
 BASE_JUDGE_CELLS = "add2/direct,count_letters/direct,units/direct"
 BASE_JUDGED = {"select_n": 30, "report_n": 200, "temperature": 0.0, "retention_n": 40, "retention_styles": "direct,cot"}
 BASE_PTX = {"ptx_coef": 0.2, "ptx_batch_size": 8, "direct_equations": True}
