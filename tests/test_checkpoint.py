@@ -81,10 +81,11 @@ def stale_steps(out: Path) -> list[Path]:
     return [p for p in checkpoints.iterdir() if p.name not in (CURRENT, current)]
 
 
-def wait_for_saves(out: Path, proc: subprocess.Popen, count: int) -> None:
-    """Return as the count-th save of this process starts (its step folder appears)."""
+def wait_for_saves(out: Path, proc: subprocess.Popen, count: int, timeout: float = 60.0) -> None:
+    """Return as the count-th save of this process starts (its step folder appears), or after `timeout` s."""
     seen: set[str] = set()
-    while len(seen) < count and proc.poll() is None:
+    deadline = time.monotonic() + timeout
+    while len(seen) < count and proc.poll() is None and time.monotonic() < deadline:
         seen.update(p.name for p in stale_steps(out))
         time.sleep(0.002)
 
@@ -104,7 +105,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_folder_and_resume_is_exact(tmp_
         proc = start(out)
         assert proc.stdout.readline() == "training\n"
         if kill % 4 == 0:  # while starting: cleaning up after the last kill, loading, the first step
-            time.sleep(rng.uniform(0.0, 1.0))
+            wait_for_saves(out, proc, 1, timeout=rng.uniform(0.0, 1.0))
         else:  # at a random moment of a save (one lasts ~50 ms): writing, fsyncing, swapping, removing the old
             wait_for_saves(out, proc, rng.randint(1, 4))
             time.sleep(rng.uniform(0.0, 0.05))
