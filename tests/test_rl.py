@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pocketchat.alignment_eval import token_logprobs
 from pocketchat.chat import render_prompt
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
@@ -14,8 +15,7 @@ from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig, RewardModel
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train.loop import CHECKPOINT
-from pocketchat.train.rl import (RLConfig, RLPrompt, RLTrainer, fit, make_rollout, model_reward, select_cells,
-                                 token_logprobs)
+from pocketchat.train.rl import RLConfig, RLPrompt, RLTrainer, fit, make_rollout, model_reward, select_cells
 from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
                                       kl_estimate, update_moments)
 
@@ -160,7 +160,7 @@ def test_learner_logprobs_equal_the_engines_and_forced_tokens_are_masked(tok):
     assert any(completions[0].forced), "the tool call should have forced a tool turn"
     ro = make_rollout(ps, completions, tok.pad_id, "cpu")
     with torch.no_grad():
-        logp, _ = token_logprobs(model, ro.input_ids, ro.targets)
+        logp = token_logprobs(model, ro.input_ids, ro.targets)
     for i, (p, c) in enumerate(zip(ps, completions)):
         span = slice(len(p.ids) - 1, len(p.ids) - 1 + len(c.token_ids))
         assert ro.targets[i, span].tolist() == c.token_ids

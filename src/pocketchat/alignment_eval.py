@@ -36,15 +36,27 @@ MICRO_BATCH = 16  # sequences per teacher-forced forward pass: bounds the [B, T,
 
 
 def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T-1, V] log-distribution of the next token at every input position but the last, in fp32.
+    """[B, T, V] log-distribution of the next token at every input position, in fp32.
 
-    Right padding needs no attention mask under causal attention: real tokens never see the pads after them."""
-    return model(input_ids[:, :-1]).float().log_softmax(-1)
+    Right padding needs no attention mask under causal attention: real tokens never see the pads after them, so
+    these equal the engine's logprobs (which it computes with left padding and a hole mask)."""
+    return model(input_ids).float().log_softmax(-1)
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T-1] log p of each token of input_ids after the first, given the tokens before it."""
-    return next_token_logprobs(model, input_ids).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+def pick(logp_all: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, T] log p of each target from a [B, T, V] log-distribution."""
+    return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def next_token_entropy(logp_all: torch.Tensor) -> torch.Tensor:
+    """[B, T] entropy of each next-token distribution."""
+    return -(logp_all.exp() * logp_all).sum(-1)
+
+
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, T] log p(targets[:, t] | input_ids[:, :t+1]): the one teacher-forced scoring RL, DPO and the evals share
+    (for a whole sequence `ids`: input_ids = ids[:, :-1], targets = ids[:, 1:])."""
+    return pick(next_token_logprobs(model, input_ids), targets)
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
@@ -164,11 +176,10 @@ def sampled_token_stats(engine: Engine, prompts: Sequence[list[int]], completion
         for row, i in enumerate(chunk):  # input position p predicts token p + 1
             first = len(prompts[i]) - 1
             mask[row, first:first + len(completions[i].token_ids)] = torch.tensor([not f for f in completions[i].forced])
-        logp_all = next_token_logprobs(engine.model, ids)
-        ent = -(logp_all.exp() * logp_all).sum(-1)
+        logp_all = next_token_logprobs(engine.model, ids[:, :-1])
+        ent = next_token_entropy(logp_all)
         if ref_model is not None:
-            logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            kl += ((logp - token_logprobs(ref_model, ids)) * mask).sum(1).tolist()
+            kl += ((pick(logp_all, ids[:, 1:]) - token_logprobs(ref_model, ids[:, :-1], ids[:, 1:])) * mask).sum(1).tolist()
         entropy += [ent[r][mask[r]].mean().item() if mask[r].any() else 0.0 for r in range(len(chunk))]
     return kl, entropy
 

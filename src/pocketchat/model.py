@@ -201,8 +201,52 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
 
-class CausalLM(nn.Module):
+class HFFolder:
+    """save_pretrained / from_pretrained for both heads (CausalLM, RewardModel): one path, so the two folder kinds
+    never drift apart. A head says which JSON files describe it (`hf_files`) and how it ties weights (`tie_weights`)."""
+
+    TIED = ("lm_head.weight",)  # safetensors refuses shared tensors: a tied head is left out and re-tied on load
+    KIND = ""  # what a folder whose weights don't match is not, for the error
+
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """Write model.safetensors and the head's JSON files into `path` (atomically per file).
+
+        state_dict: the weights to write if not this module's own (e.g. gathered from FSDP shards)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()}
+        if self.config.tie_word_embeddings:
+            for key in self.TIED:
+                state.pop(key, None)
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        for name, content in self.hf_files().items():
+            atomic_write_json(path / name, content)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu"):
+        """Load a local Llama-architecture HF folder of this head (ours, TinyLlama, SmolLM, Llama, ...)."""
+        path = Path(path)
+        config = load_config(path)
+        with torch.device("meta"):  # no random init of weights about to be replaced
+            model = cls(config)
+        state = load_state_dict(path)
+        tied = set(cls.TIED) & set(model.state_dict()) if config.tie_word_embeddings else set()
+        for key in tied:
+            state.pop(key, None)
+        missing, unexpected = set(model.state_dict()) - set(state) - tied, set(state) - set(model.state_dict())
+        if missing or unexpected:
+            raise UserError(f"{path}: {cls.KIND}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+        return model.to(device=device, dtype=dtype)
+
+
+class CausalLM(HFFolder, nn.Module):
     """`LlamaForCausalLM`: the body plus a language-modelling head (optionally tied to the embeddings)."""
+
+    KIND = "weights do not match a LlamaForCausalLM"
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -210,8 +254,7 @@ class CausalLM(nn.Module):
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.apply(self._init_weights)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_weights()
 
     def _init_weights(self, module):
         # The HF Llama initialisation: N(0, initializer_range) for every matrix, ones for the norms.
@@ -241,53 +284,23 @@ class CausalLM(nn.Module):
         attention = 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
         return 6 * matmul + attention
 
-    # ---- Hugging Face folders -------------------------------------------------------------------------
-
-    def save_pretrained(self, path: str | os.PathLike, state_dict: dict | None = None) -> None:
-        """Write config.json, model.safetensors and generation_config.json into `path` (atomically per file).
-
-        state_dict: the weights to write if not this module's own (e.g. gathered from FSDP shards)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()}
-        if self.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)  # safetensors refuses shared tensors; HF re-ties on load
-        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write_json(path / "config.json", self.config.to_hf())
+    def hf_files(self) -> dict[str, dict]:
         generation = {k: getattr(self.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        atomic_write_json(path / "generation_config.json", generation)
+        return {"config.json": self.config.to_hf(), "generation_config.json": generation}
 
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu") -> "CausalLM":
-        """Load any local Llama-architecture HF folder (ours, TinyLlama, SmolLM, Llama)."""
-        path = Path(path)
-        config = load_config(path)
-        with torch.device("meta"):
-            model = cls(config)
-        state = load_state_dict(path)
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-        if config.tie_word_embeddings:
-            missing.discard("lm_head.weight")
-        if missing or unexpected:
-            raise UserError(
-                f"{path}: weights do not match a LlamaForCausalLM: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-            )
-        model.load_state_dict(state, strict=False, assign=True)
-        if config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
-        return model.to(device=device, dtype=dtype)
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
 
-class RewardModel(nn.Module):
+class RewardModel(HFFolder, nn.Module):
     """`LlamaForSequenceClassification` with one label: the decoder body plus a scalar `score` head.
 
     The reward of a sequence is the score at its last real token (the end-of-turn token of the completion);
     right padding is skipped by reading at position `lengths - 1`.
     """
+
+    KIND = "not a reward model (LlamaForSequenceClassification)"
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -313,29 +326,13 @@ class RewardModel(nn.Module):
         rm.model.load_state_dict(lm.model.state_dict())
         return rm
 
-    def save_pretrained(self, path: str | os.PathLike, state_dict: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()}
-        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    def hf_files(self) -> dict[str, dict]:
         hf = self.config.to_hf() | {"architectures": ["LlamaForSequenceClassification"], "num_labels": 1,
                                      "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
-        atomic_write_json(path / "config.json", hf)
+        return {"config.json": hf}
 
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu") -> "RewardModel":
-        path = Path(path)
-        config = load_config(path)
-        model = cls(config)
-        state = load_state_dict(path)
-        missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-        if missing or unexpected:
-            raise UserError(f"{path}: not a reward model (LlamaForSequenceClassification): missing {sorted(missing)[:5]}, "
-                            f"unexpected {sorted(unexpected)[:5]}")
-        model.load_state_dict(state)
-        return model.to(device=device, dtype=dtype)
+    def tie_weights(self) -> None:  # the score head is never tied
+        pass
 
 
 def load_config(path: Path) -> ModelConfig:

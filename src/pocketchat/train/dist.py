@@ -63,14 +63,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_across_ranks(x: float) -> float:
+def mean_across_ranks(values: list[float]) -> list[float]:
+    """Each value's mean over the ranks (one all-reduce); the values themselves in one process."""
     if not dist.is_initialized():
-        return x
-    t = torch.tensor([x], dtype=torch.float64)
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return (t / dist.get_world_size()).tolist()
 
 
 def teardown() -> None:

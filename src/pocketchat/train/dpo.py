@@ -24,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pocketchat.alignment_eval import cells_of, policy_eval, token_logprobs
-from pocketchat.chat import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.engine import Engine
@@ -32,7 +31,7 @@ from pocketchat.errors import UserError
 from pocketchat.hardware import autocast_dtype
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
-from pocketchat.train.loop import Batch, train
+from pocketchat.train.loop import Batch, hf_export, train
 
 
 @dataclass
@@ -58,7 +57,8 @@ PRESETS: dict[str, dict] = {
 
 def completion_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
     """[rows] sum of log p over each row's completion tokens (input position p predicts token p + 1)."""
-    return (token_logprobs(model, batch["input_ids"]) * batch["completion_mask"][:, 1:]).sum(1)
+    ids = batch["input_ids"]
+    return (token_logprobs(model, ids[:, :-1], ids[:, 1:]) * batch["completion_mask"][:, 1:]).sum(1)
 
 
 def dpo_loss(model: nn.Module, batch: Batch, beta: float) -> torch.Tensor:
@@ -135,12 +135,8 @@ def run(cfg: DPOConfig, model_dir: str | Path, out: str | Path, resume: bool = F
             record |= policy_eval(Engine(model, tokenizer), ref, cells_of(tasks, styles), cfg.eval_n, cfg.seed)
         return record
 
-    def export(state: dict, path: Path) -> None:
-        policy.save_pretrained(path, state_dict=state)
-        tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE, model_max_length=policy.config.max_position_embeddings)
-
     evals = train(policy, cfg, out, lambda step, index, count: with_reference(train_data.get_batch(step, cfg.batch_size, index, count), ref_train),
                   info=info, loss_fn=lambda model, batch: dpo_loss(model, batch, cfg.beta), evaluate=evaluate,
-                  export=export, resume=resume, flops_per_token=policy.flops_per_token(cfg.seq_len), desc="dpo")
+                  export=hf_export(policy, tokenizer), resume=resume, flops_per_token=policy.flops_per_token(cfg.seq_len), desc="dpo")
     dist.teardown()
     return evals

@@ -15,6 +15,7 @@ import json
 import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from pocketchat.chat import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
 from pocketchat.errors import UserError
 from pocketchat.files import atomic_write, atomic_write_json, publish_checkpoint, recover
@@ -130,12 +132,10 @@ def train(
     flops_per_token: float | None = None,
     desc: str = "train",
 ) -> list[dict]:
-    """Train `model` (already on info.device) for cfg.steps optimizer steps. Returns the eval records.
+    """Train `model` (already on info.device) for cfg.steps optimizer steps on batches from get_batch. Returns
+    the eval records.
 
-    export(state_dict, dir) writes the deployable artifact (an HF folder) at every checkpoint and at the end.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    export(state_dict, dir) writes the deployable artifact (an HF folder, `hf_export`) at every checkpoint."""
     raw = model
     n_micro, micro = micro_batches(cfg, info.world_size)
     amp = autocast_dtype(info.device, cfg.dtype)
@@ -146,44 +146,18 @@ def train(
         dist.wrap(raw, info, fsdp=True)
     if sharded and cfg.optimizer == "muon":
         raise UserError("--optimizer=muon does not support --fsdp (it orthogonalizes whole matrices); use DDP")
-    optimizer = build_optimizer(raw, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                fused=info.device.type in ("cpu", "cuda") and not sharded)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    start_step = 0
-    if resume:
-        start_step = load_checkpoint(out_dir, raw, optimizer, scheduler, cfg, info, sharded)
+    optimizer, scheduler = optimizer_and_schedule(raw, cfg, fused=info.device.type in ("cpu", "cuda") and not sharded)
     model = raw if sharded else dist.wrap(raw, info, fsdp=False)
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     if cfg.compile:  # the training step only: evals and samples run eager, with shapes of their own
         check_compile(info.device)
         model = torch.compile(model)
-
-    log = MetricsLog(out_dir, start_step, info.is_main)
-    if info.is_main:
-        atomic_write_json(out_dir / "train_config.json", asdict(cfg))
     peak = matmul_flops(info.device.type, amp or torch.float32) if flops_per_token else None
-    evals: list[dict] = []
+    last = time.perf_counter()
 
-    def run_eval(step: int) -> None:
-        if evaluate is None:
-            return
-        model.eval()
-        with torch.no_grad(), torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            record = {"step": step, **evaluate(raw)}
-        model.train()
-        evals.append(record)
-        log.write(record)
-        if info.is_main:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in record.items()))
-
-    def save(step: int) -> None:
-        save_checkpoint(out_dir, raw, optimizer, scheduler, step, cfg, info, export, sharded)
-
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=desc, disable=not info.is_main, dynamic_ncols=True)
-    window_tokens, window_start = 0, time.perf_counter()
-    for step in range(start_step, cfg.steps):
-        loss_sum = 0.0
+    def step_fn(step: int) -> dict:
+        nonlocal last
+        loss_sum, tokens = 0.0, 0
         for m in range(n_micro):
             batch = {k: v.to(info.device, non_blocking=True) for k, v in get_batch(step, info.rank * n_micro + m, info.world_size * n_micro).items()}
             # DDP: only the last micro-batch all-reduces gradients.
@@ -192,28 +166,82 @@ def train(
                 loss = loss_fn(model, batch) / n_micro
             loss.backward()
             loss_sum += loss.item()
-            window_tokens += batch["input_ids"].numel() * info.world_size
-        if cfg.grad_clip > 0:
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            tokens += batch["input_ids"].numel() * info.world_size
+        grad_norm = optimizer_step(model, optimizer, cfg.grad_clip)
         if not math.isfinite(loss_sum):
             raise RuntimeError(f"loss became {loss_sum} at step {step}; lower the learning rate or check the data")
+        now = time.perf_counter()
+        metrics = {"train_loss": loss_sum, "tokens_per_s": tokens / (now - last)}  # eval and save time included
+        last = now
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        if peak:
+            metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (peak * info.world_size)
+        return metrics
 
+    def run_eval() -> dict:
+        model.eval()
+        with torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            record = evaluate(raw)
+        model.train()
+        return record
+
+    model.train()
+    return run_steps(step_fn, raw, optimizer, scheduler, cfg, out_dir, info=info,
+                     evaluate=run_eval if evaluate is not None else None, export=export, resume=resume, sharded=sharded,
+                     desc=desc, show=("train_loss", "tokens_per_s", "mfu"))
+
+
+def run_steps(step_fn: Callable[[int], dict], model: nn.Module, optimizer, scheduler, cfg: TrainConfig,
+              out_dir: str | Path, *, info: dist.DistInfo, evaluate: Callable[[], dict] | None = None,
+              export: Callable[[dict, Path], None] | None = None, resume: bool = False, sharded: bool = False,
+              eval_at_start: bool = False, desc: str = "train", show: tuple[str, ...] = ()) -> list[dict]:
+    """The loop every stage runs its steps in (`train` for batches, RL's episodes): resume, steps
+    start..cfg.steps, the schedule stepped once per step, metrics, periodic eval, atomic checkpoints.
+
+    step_fn(step) does step `step`'s optimizer step(s) and returns its metrics; every log_every steps each is
+    logged as its mean over those steps and the ranks, with the learning rate the step used. evaluate() runs
+    every eval_every steps, at the end, and with eval_at_start before the first step of a new run (a baseline).
+    model is the unwrapped module the checkpoint holds, with optimizer and scheduler. Returns the eval records."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start_step = load_checkpoint(out_dir, model, optimizer, scheduler, cfg, info, sharded) if resume else 0
+    log = MetricsLog(out_dir, start_step, info.is_main)
+    if info.is_main:
+        atomic_write_json(out_dir / "train_config.json", asdict(cfg))
+    evals: list[dict] = []
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        with torch.no_grad():
+            record = {"step": step, **evaluate()}
+        evals.append(record)
+        log.write(record)
+        if info.is_main:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in record.items()))
+
+    def save(step: int) -> None:
+        save_checkpoint(out_dir, model, optimizer, scheduler, step, cfg, info, export, sharded)
+
+    if eval_at_start and start_step == 0:
+        run_eval(0)
+    window: dict[str, list[float]] = defaultdict(list)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=desc, disable=not info.is_main, dynamic_ncols=True)
+    for step in range(start_step, cfg.steps):
+        metrics = step_fn(step)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        for k, v in metrics.items():
+            window[k].append(v)
         done = step + 1
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - window_start
-            tps = window_tokens / elapsed
-            record = {"step": done, "train_loss": dist.mean_across_ranks(loss_sum), "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps}
-            if cfg.grad_clip > 0:
-                record["grad_norm"] = grad_norm
-            if peak:
-                record["mfu"] = tps * flops_per_token / (peak * info.world_size)
+            means = dist.mean_across_ranks([sum(v) / len(v) for v in window.values()])
+            record = {"step": done, **dict(zip(window, means))}
             log.write(record)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{tps:,.0f}", **({"mfu": f"{record['mfu']:.0%}"} if peak else {}))
-            window_tokens, window_start = 0, time.perf_counter()
+            bar.set_postfix({k: f"{record[k]:.4g}" for k in show if k in record})
+            window.clear()
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             run_eval(done)  # before the save: a checkpoint never lacks the eval of its own step
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
@@ -224,6 +252,31 @@ def train(
     save(cfg.steps)
     log.close()
     return evals
+
+
+def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, fused: bool):
+    """cfg's optimizer over model's parameters (optim.py) and its warmup + decay, a LambdaLR the loop steps."""
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=fused)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+
+def optimizer_step(model: nn.Module, optimizer, grad_clip: float) -> float | None:
+    """Clip the gradients to grad_clip (if > 0), step and zero them; returns the norm before clipping."""
+    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item() if grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def hf_export(model: nn.Module, tokenizer, save_weights: Callable[[dict, Path], None] | None = None
+              ) -> Callable[[dict, Path], None]:
+    """The export every stage's checkpoints carry: an HF folder of the weights (model.save_pretrained, or
+    save_weights, e.g. a LoRA adapter) and the tokenizer with its chat template (ChatML when it has none)."""
+    def export(state: dict, path: Path) -> None:
+        (save_weights or model.save_pretrained)(path, state_dict=state)
+        tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
+                       model_max_length=model.config.max_position_embeddings)
+    return export
 
 
 class _null:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketchat.chat import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
 from pocketchat.data.corpus import iter_documents
 from pocketchat.data.shards import build_shards, load_tokens
@@ -21,7 +20,7 @@ from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
-from pocketchat.train.loop import train
+from pocketchat.train.loop import hf_export, train
 
 
 @dataclass
@@ -136,11 +135,7 @@ def run(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> list[dict
         return {"val_loss": val_loss, "val_bpb": val_loss / math.log(2) / bytes_per_token,
                 "sample": sample(model, tokenizer, cfg.sample_prompt, info.device)}
 
-    def export(state: dict, path: Path) -> None:
-        model.save_pretrained(path, state_dict=state)
-        tokenizer.save(path, chat_template=CHAT_TEMPLATE, model_max_length=cfg.seq_len)
-
-    evals = train(model, cfg, out, get_batch, info=info, evaluate=evaluate, export=export, resume=resume,
+    evals = train(model, cfg, out, get_batch, info=info, evaluate=evaluate, export=hf_export(model, tokenizer), resume=resume,
                   flops_per_token=model.flops_per_token(cfg.seq_len), desc="pretrain")
     dist.teardown()
     return evals

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pocketchat.chat import CHAT_TEMPLATE, render
+from pocketchat.chat import render
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.errors import UserError
@@ -29,7 +29,7 @@ from pocketchat.files import atomic_write_json
 from pocketchat.model import RewardModel
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
-from pocketchat.train.loop import Batch, train
+from pocketchat.train.loop import Batch, hf_export, train
 
 STATS_FILE = "reward_stats.json"
 
@@ -101,12 +101,8 @@ def run(cfg: RMConfig, model_dir: str | Path, out: str | Path, resume: bool = Fa
                                                   "accuracy": record["accuracy"], "pairs": len(val_data)})
         return record
 
-    def export(state: dict, path: Path) -> None:
-        model.save_pretrained(path, state_dict=state)
-        tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE, model_max_length=model.config.max_position_embeddings)
-
     evals = train(model, cfg, out, lambda step, index, count: train_data.get_batch(step, cfg.batch_size, index, count),
-                  info=info, loss_fn=rm_loss, evaluate=evaluate, export=export, resume=resume,
+                  info=info, loss_fn=rm_loss, evaluate=evaluate, export=hf_export(model, tokenizer), resume=resume,
                   flops_per_token=None, desc="rm")
     dist.teardown()
     return evals

@@ -7,11 +7,11 @@ Two algorithms share one episode structure (sample with the engine, score, updat
 - GRPO: k samples per prompt, advantage = the sample's score normalised within its group; no critic; an
   optional KL term (k3) in the loss.
 
-The episode is not a pure function of a batch index (its data comes from the policy itself), so it doesn't
-run inside `loop.train`; it reuses that loop's parts instead: parameter groups, the schedule, MetricsLog and
-the atomic checkpoint with optimizer/scheduler/RNG state. Exact `--resume` holds because every random choice
-of step s (prompts, sampling seeds, minibatch order) is seeded by (seed, s), and the controller state (KL
-coefficient, running reward moments) lives in buffers of the checkpointed module.
+An episode is not a pure function of a batch index (its data comes from the policy itself), so it is a step of
+its own in the shared loop (`loop.run_steps`, as `loop.train`'s batches are): the loop owns the schedule,
+metrics, evals and the atomic checkpoint with optimizer/scheduler/RNG state. Exact `--resume` holds because every
+random choice of step s (prompts, sampling seeds, minibatch order) is seeded by (seed, s), and the controller
+state (KL coefficient, running reward moments) lives in buffers of the checkpointed module.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pocketchat.alignment_eval import Cell, cells_of, policy_eval
-from pocketchat.chat import CHAT_TEMPLATE, render_prompt, renderable
+from pocketchat.alignment_eval import (Cell, cells_of, next_token_entropy, next_token_logprobs, pick, policy_eval,
+                                       token_logprobs)
+from pocketchat.chat import render_prompt, renderable
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
-from pocketchat.files import atomic_write_json
 from pocketchat.hardware import autocast_dtype
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.model import CausalLM, RewardModel
@@ -41,8 +41,7 @@ from pocketchat.tasks import Example, check, format_ok, get_task, prompt_message
 from pocketchat.tasks.registry import check_style
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
-from pocketchat.train.loop import MetricsLog, lr_factor, load_checkpoint, save_checkpoint
-from pocketchat.train.optim import build_optimizer
+from pocketchat.train.loop import hf_export, optimizer_and_schedule, optimizer_step, run_steps
 from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
                                       kl_estimate, masked_mean, masked_whiten, moments_std, update_moments)
 
@@ -153,15 +152,6 @@ def make_rollout(prompts: list[RLPrompt], completions: list[Completion], pad_id:
     return Rollout(prompts, completions, full.to(device), lengths.to(device), mask.to(device), logprobs.to(device))
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) and the entropy of the next-token distribution at every position, [B, T] each.
-
-    Right padding needs no attention mask under causal attention: real tokens never see the pads after
-    them, so these equal the engine's logprobs (which it computes with left padding and a hole mask)."""
-    logp = model(input_ids).float().log_softmax(-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
-
-
 class Learner(nn.Module):
     """Everything the optimizer updates and the checkpoint restores: the policy, the critic (PPO only) and,
     as buffers, the controller state a resumed run must continue from."""
@@ -192,9 +182,7 @@ class RLTrainer:
         self.ptx_data = ptx_data  # an SFTDataset: get_batch(i, batch_size) is a pure function of i
         self.device = next(policy.parameters()).device
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
-        self.optimizer = build_optimizer(self.learner, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                         fused=self.device.type in ("cpu", "cuda"))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.optimizer, self.scheduler = optimizer_and_schedule(self.learner, cfg, fused=self.device.type in ("cpu", "cuda"))
         self.engine = Engine(policy, tokenizer)  # samples from the live weights: no copy to sync
         self.amp = autocast_dtype(self.device, cfg.dtype)
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -273,8 +261,8 @@ class RLTrainer:
         t1 = time.perf_counter()
         mask = ro.mask
         with torch.no_grad(), self.autocast():
-            old_logp, entropy = self._batched(lambda x, y: token_logprobs(self.policy, x, y), ro)
-            ref_logp, _ = self._batched(lambda x, y: token_logprobs(self.ref, x, y), ro)
+            old_logp, entropy = self._batched(self._logprobs_and_entropy, ro)
+            ref_logp, = self._batched(lambda x, y: (token_logprobs(self.ref, x, y),), ro)
             old_values = self._batched(lambda x, y: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
             gold = self.gold_fn(first).float() if self.gold_fn else None
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_kind()) * mask
@@ -293,8 +281,6 @@ class RLTrainer:
         t2 = time.perf_counter()
         if cfg.kl_target > 0:
             self.learner.kl_coef.fill_(adaptive_kl_coef(kl_coef, seq_kl, cfg.kl_target, cfg.kl_horizon, cfg.batch_size))
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
 
         sampled = sum(len(c.token_ids) for c in ro.completions)
         processed = cfg.epochs * int(ro.lengths.sum() - len(ro.lengths))
@@ -310,7 +296,6 @@ class RLTrainer:
             "logprob_gap": masked_mean((old_logp - ro.engine_logprobs).abs(), mask).item(),  # learner vs engine
             **stats,
             **sampling,
-            "lr": lr,
             "rollout_tokens_per_s": sampled / (t1 - t0),
             "update_tokens_per_s": processed / (t2 - t1),
             "tokens_per_s": sampled / (t2 - t0),
@@ -352,7 +337,7 @@ class RLTrainer:
                     mask = cut(ro.mask)
                     weight = mask.sum() / mb_tokens
                     with self.autocast():
-                        logp, _ = token_logprobs(self.policy, cut(ro.input_ids), cut(ro.targets))
+                        logp = token_logprobs(self.policy, cut(ro.input_ids), cut(ro.targets))
                         values = self.critic(cut(ro.input_ids), "all").float() if self.critic else None
                     pg_loss, clip_frac = clipped_policy_loss(logp, cut(old_logp), cut(advantages), mask, cfg.clip)
                     loss = pg_loss
@@ -377,13 +362,16 @@ class RLTrainer:
                                           attn_mask=batch["attn_mask"])
                     (cfg.ptx_coef * ptx).backward()
                     totals["ptx_loss"] += ptx.item()
-                if cfg.grad_clip > 0:
-                    totals["grad_norm"] += nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip).item()
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = optimizer_step(self.learner, self.optimizer, cfg.grad_clip)
+                if grad_norm is not None:
+                    totals["grad_norm"] += grad_norm
                 n_steps += 1
         self.learner.eval()
         return {k: v / n_steps for k, v in totals.items()}
+
+    def _logprobs_and_entropy(self, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp_all = next_token_logprobs(self.policy, input_ids)
+        return pick(logp_all, targets), next_token_entropy(logp_all)
 
     def _batched(self, fn, ro: Rollout) -> tuple[torch.Tensor, ...]:
         """fn(input_ids, targets) -> tensors [b, t], run in micro-batches and right-padded back to [B, T]."""
@@ -395,58 +383,28 @@ class RLTrainer:
 # ---- the episode loop ------------------------------------------------------------------------------------------
 
 def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[..., list[RLPrompt]], *,
-        evaluate: Callable[[CausalLM], dict] | None = None, export: Callable[[Path], None] | None = None,
+        evaluate: Callable[[CausalLM], dict] | None = None, export: Callable[[dict, Path], None] | None = None,
         resume: bool = False) -> list[dict]:
-    """Run episodes start..cfg.steps: metrics.jsonl every log_every episodes (means over the window), eval at
-    the start, every eval_every and at the end, atomic checkpoints every save_every and at the end.
-    prompts_for(step) must be a pure function of step (exact resume); with dynamic sampling, prompts_for(step,
-    round) gives the prompts of the episode's further rollout rounds. Returns the eval records."""
-    cfg, out = trainer.cfg, Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run episodes start..cfg.steps in the shared loop (`loop.run_steps`): metrics.jsonl every log_every
+    episodes (means over the window), eval of the policy at the start (the SFT model's numbers: the baseline RL
+    is measured against), every eval_every and at the end, atomic checkpoints every save_every and at the end,
+    each with export(policy_state, dir). prompts_for(step) must be a pure function of step (exact resume); with
+    dynamic sampling, prompts_for(step, round) gives the prompts of the episode's further rollout rounds. Returns
+    the eval records."""
+    cfg = trainer.cfg
+
+    def episode(step: int) -> dict:
+        more = (lambda rnd: prompts_for(step, rnd)) if cfg.dynamic_sampling else None
+        return trainer.step(step, prompts_for(step), more)
+
+    def export_policy(state: dict, path: Path) -> None:  # the learner's state holds the critic and controller too
+        export({k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}, path)
+
     info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=trainer.device)
-    start = load_checkpoint(out, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, info, sharded=False) if resume else 0
-    log = MetricsLog(out, start, enabled=True)
-    atomic_write_json(out / "train_config.json", asdict(cfg))
-    evals: list[dict] = []
-
-    def run_eval(step: int) -> None:
-        if evaluate is None:
-            return
-        with torch.no_grad():
-            record = {"step": step, **evaluate(trainer.policy)}
-        evals.append(record)
-        log.write(record)
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in record.items()))
-
-    def save(step: int) -> None:
-        save_checkpoint(out, trainer.learner, trainer.optimizer, trainer.scheduler, step, cfg, info,
-                        (lambda state, path: export(path)) if export else None, sharded=False)
-
-    if start == 0:
-        run_eval(0)  # the SFT model's numbers: the baseline RL is measured against
-    window: dict[str, list[float]] = defaultdict(list)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl-{cfg.algo}", dynamic_ncols=True)
-    for step in range(start, cfg.steps):
-        more = (lambda rnd, step=step: prompts_for(step, rnd)) if cfg.dynamic_sampling else None
-        for k, v in trainer.step(step, prompts_for(step), more).items():
-            window[k].append(v)
-        done = step + 1
-        bar.update(1)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            record = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
-            log.write(record)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
-            window.clear()
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            run_eval(done)
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save(done)
-    bar.close()
-    if start < cfg.steps or not evals:
-        run_eval(cfg.steps)
-    save(cfg.steps)
-    log.close()
-    return evals
+    return run_steps(episode, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, out, info=info,
+                     evaluate=(lambda: evaluate(trainer.policy)) if evaluate is not None else None,
+                     export=export_policy if export is not None else None, resume=resume, eval_at_start=True,
+                     desc=f"rl-{cfg.algo}", show=("reward", "kl", "tokens_per_s"))
 
 
 def validate(cfg: RLConfig) -> None:
@@ -645,11 +603,7 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         result = policy_eval(Engine(model, tokenizer), ref, cells, cfg.eval_n, cfg.seed)
         return {f"eval/{k}": v for k, v in result.items()}
 
-    def export(path: Path) -> None:
-        policy.save_pretrained(path)
-        tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
-                       model_max_length=policy.config.max_position_embeddings)
-
     print(f"RL ({cfg.algo}): {len(pool)} training prompts in {len(cells)} task/style cells, reward {cfg.reward}, "
           f"{cfg.steps} episodes of {cfg.batch_size} samples")
-    return fit(trainer, out, prompts_for, evaluate=evaluate if cfg.eval_n > 0 else None, export=export, resume=resume)
+    return fit(trainer, out, prompts_for, evaluate=evaluate if cfg.eval_n > 0 else None, export=hf_export(policy, tokenizer),
+               resume=resume)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketchat.chat import CHAT_TEMPLATE, renderable
+from pocketchat.chat import renderable
 from pocketchat.config import TrainConfig
 from pocketchat.data.chat import SFTDataset, load_chat_jsonl
 from pocketchat.data.sft_mixture import embedded_mixture
@@ -21,7 +21,7 @@ from pocketchat.evals import task_accuracy
 from pocketchat.model import CausalLM
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
-from pocketchat.train.loop import train
+from pocketchat.train.loop import hf_export, train
 
 
 @dataclass
@@ -111,17 +111,14 @@ def run(cfg: SFTConfig, model_dir: str | Path, out: str | Path, resume: bool = F
             record["ended"] = sum(record["ended"]) / len(record["ended"])
         return record
 
-    def export(state: dict, path: Path) -> None:
-        if lora_cfg is not None:
-            from pocketchat.lora import save_adapter
+    def save_lora(path: Path, state_dict: dict) -> None:  # the adapter only: the base folder stays where it is
+        from pocketchat.lora import save_adapter
 
-            save_adapter(model, lora_cfg, path, base_model_name_or_path=str(Path(model_dir).resolve()))
-        else:
-            model.save_pretrained(path, state_dict=state)
-        tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE, model_max_length=model.config.max_position_embeddings)
+        save_adapter(model, lora_cfg, path, base_model_name_or_path=str(Path(model_dir).resolve()))
 
+    save_weights = save_lora if lora_cfg is not None else None
     evals = train(model, cfg, out, lambda step, index, count: train_set.get_batch(step, cfg.batch_size, index, count),
-                  info=info, evaluate=evaluate, export=export, resume=resume,
+                  info=info, evaluate=evaluate, export=hf_export(model, tokenizer, save_weights), resume=resume,
                   flops_per_token=model.flops_per_token(cfg.seq_len), desc="sft")
     dist.teardown()
     return evals
