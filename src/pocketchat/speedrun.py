@@ -24,7 +24,7 @@ EVAL_TASKS = "add2,add,mul,word,count_letters,sort_list,units"
 
 # How an aligned model is judged (see `judge`): report and select instances per cell, and the greedy eval table on
 # retention_n select instances per cell, which decides whether it may ship.
-JUDGED = {"select_n": 50, "report_n": 200, "retention_n": 30, "retention_styles": "direct,cot,tool"}
+JUDGED = {"select_n": 150, "report_n": 200, "retention_n": 30, "retention_styles": "direct,cot,tool"}
 SMOKE_JUDGED = {"select_n": 4, "report_n": 6, "retention_n": 2, "retention_styles": "direct"}
 # the strategies stage's PROMPT_PAIRS: held-out instances per task, and solved train instances shown before each
 PROMPT_PAIRS_SPEC = {"pair_tasks": "add2,count_letters", "pair_n": 100, "pair_shots": 3}
@@ -61,7 +61,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "rm": {"preset": "tiny", "steps": 150},
         # RL on the cells the compare stage chose, with 128 completion tokens (a calculator answer takes ~64, and one
         # cut off is penalised as unfinished); judged on 200 held-out instances per cell (the "report" part), shipped
-        # on 50 others (the "select" part). GRPO drops the groups whose samples agree (DAPO's dynamic sampling).
+        # on 150 others (the "select" part: at 50, one sample each, a run shipped SFT on gold 0.682 vs 0.681 while the
+        # report part gave RL +16 points). GRPO drops the groups whose samples agree (DAPO's dynamic sampling).
         # ptx: the SFT loss on 16 rows of the SFT mixture beside every RL step; without it RL on letter counting cost
         # 3-5 cells of the eval table (add with the calculator 80% -> 57% / 30%), with it none (see the README).
         "ppo": {"preset": "tiny", "steps": 25, "batch_size": 32, "minibatch_size": 16, "max_tokens": 128, "lr": 2e-5,
