@@ -293,3 +293,37 @@ def test_context_length_ends_generation(engine, tok):
     prompt = [100] * 250
     out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=100, ignore_eos=True))[0]
     assert len(out.token_ids) == 256 + 1 - 250 and out.finish_reason == "length"
+
+
+def test_shared_prompts_prefill_once_and_sample_what_separate_prefills_sample(engine, tok, monkeypatch):
+    """The n samples of a prompt (GRPO groups, API n, self-consistency) share one prefill; each seeded row still
+    draws exactly what it draws when its prompt is prefilled alone."""
+    rows = [p for p in prompts(tok)[:3] for _ in range(4)]
+    params = [SamplingParams(temperature=1.0, seed=i, max_tokens=4 + i, ignore_eos=True, logprobs=True)
+              for i in range(len(rows))]
+    prefill_rows = []
+    forward = engine._forward_chunks
+    monkeypatch.setattr(engine, "_forward_chunks", lambda cache, pos, chunks: prefill_rows.append(len(chunks))
+                        or forward(cache, pos, chunks))
+    shared = engine.generate(rows, params)
+    assert prefill_rows == [3]  # one row per distinct prompt
+    separate = [engine.generate([p], [sp])[0] for p, sp in zip(rows, params)]
+    assert [c.token_ids for c in shared] == [c.token_ids for c in separate]
+    assert len({tuple(c.token_ids) for c in shared}) == len(rows)  # the seeds differ, so do the samples
+    for a, b in zip(shared, separate):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+@pytest.mark.slow  # torch.compile: ~1 min on 2 CPU cores
+def test_compiled_decode_gives_the_eager_tokens(model, tok):
+    """The compiled static-cache step and the eager step agree token for token: greedy, and sampled with seeds,
+    over a ragged batch (holes under the mask) whose rows finish at different steps (the batch shrinks to 1)."""
+    eager, compiled = Engine(model, tok), Engine(model, tok, compile=True)
+    ps = prompts(tok)
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=True)
+    sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=i, max_tokens=6 + 6 * i, ignore_eos=True, logprobs=True)
+               for i in range(len(ps))]
+    for params in (greedy, sampled, greedy):  # the second greedy run reuses the compiled step
+        want, got = eager.generate(ps, params), compiled.generate(ps, params)
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        assert max(abs(x - y) for a, b in zip(got, want) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4

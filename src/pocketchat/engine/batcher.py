@@ -3,18 +3,20 @@
 `Engine.generate` runs a fixed batch to its end. A server sees requests come and go, so `Batcher` keeps one
 running batch in a background thread and, between two decode steps:
 
-  1. prefills the requests that are waiting (as many as there are free rows) in a batch of their own, and
-     merges their cache rows, logits and sampler rows into the running batch;
+  1. prefills the requests that are waiting (as many as there are free rows) in a batch of their own (the n
+     completions of one request share one prefill), and merges their cache rows, logits and sampler rows
+     into the running batch;
   2. samples one token for every row and hands each request what its rows added (a `Delta`, through the
      callback given to `submit`);
   3. drops the rows that finished or whose request was cancelled (the cache compacts in place);
   4. runs one decode forward for all remaining rows.
 
-Everything per row (sampling, stop rules, logprobs, tool turns) is the engine's own code (`_accept`,
-`_sample`, `_decode`), so a request computes here what it computes in `Engine.generate`.
+Everything per row (prefill, sampling, stop rules, logprobs, tool turns) is the engine's own code (its step
+methods `prefill`, `sample`, `accept`, `decode`), so a request computes here what it computes in
+`Engine.generate`.
 
 Where a row's keys sit on the cache's slot axis doesn't matter: RoPE is already applied to cached keys,
-positions are kept per row (`_Batch.pos`), and a new query attends to the valid slots of its row. So a
+positions are kept per row (`Batch.pos`), and a new query attends to the valid slots of its row. So a
 joining row's prompt is copied into the last slots of the running cache; when the prompt is longer than
 the running rows so far, the running rows get holes appended instead. Slots that belonged to rows that left
 become columns of holes; when the cache is full it is compacted (each row's valid slots gathered together),
@@ -31,8 +33,8 @@ from typing import Callable
 
 import torch
 
-from pocketchat.engine.generate import Completion, Engine, KVCache, _Batch, _Row
-from pocketchat.engine.sampling import Sampler, SamplingParams
+from pocketchat.engine.generate import Batch, Completion, Engine, KVCache, Row
+from pocketchat.engine.sampling import SamplingParams
 from pocketchat.errors import UserError
 
 INITIAL_SLOTS = 256  # the running cache starts this long (or the context, if shorter) and grows on demand
@@ -85,7 +87,7 @@ class Stats:
 class _Waiting:
     ticket: Ticket
     index: int
-    row: _Row
+    row: Row
     error: list[str]  # set by the row's guarded logits_processor (a list so the closure can write it)
 
 
@@ -105,7 +107,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._batch: _Batch | None = None  # the running batch; None when no row runs
+        self._batch: Batch | None = None  # the running batch; None when no row runs
         self._owners: dict[int, _Waiting] = {}  # id(row) -> its request entry, for the rows in the batch
 
     # ---- the request side (any thread) ----------------------------------------------------------------------
@@ -114,14 +116,14 @@ class Batcher:
         """Queue len(params) completions of `prompt`. `on_delta` is called from the engine thread, so it must
         be quick and thread-safe (e.g. `loop.call_soon_threadsafe`). Raises UserError for a bad prompt and
         QueueFull when the queue can't take all the completions."""
-        self.engine._check_prompt(prompt, "prompt")
+        self.engine.check_prompt(prompt, "prompt")
         ticket = Ticket(on_delta, len(params))
         entries = []
         for i, p in enumerate(params):
             error: list[str] = []
             if p.logits_processor is not None:
                 p = dataclasses.replace(p, logits_processor=_guarded(p.logits_processor, error))
-            entries.append(_Waiting(ticket, i, self.engine._new_row(prompt, p, track_text=True), error))
+            entries.append(_Waiting(ticket, i, self.engine.new_row(prompt, p, track_text=True), error))
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
@@ -187,19 +189,19 @@ class Batcher:
         if joining:
             for entry in joining:
                 self._owners[id(entry.row)] = entry
-            self._join(self._prefill([e.row for e in joining]))
+            self._join(self.engine.prefill([e.row for e in joining], room=0))
         batch = self._batch
         if batch is None:
             return
         self.stats.peak_batch = max(self.stats.peak_batch, len(batch.rows))
         engine = self.engine
-        tokens, logprobs, tops = engine._sample(batch)
+        tokens, logprobs, tops = engine.sample(batch)
         self.stats.steps += 1
         self.stats.generated_tokens += len(tokens)
         for i, row in enumerate(batch.rows):
             entry = self._owners[id(row)]
             n = len(row.token_ids)
-            engine._accept(row, tokens[i], logprobs and logprobs[i], tops and tops[i])
+            engine.accept(row, tokens[i], logprobs and logprobs[i], tops and tops[i])
             if entry.error:
                 row.finish_reason = "error"
             elif entry.ticket.cancelled:
@@ -209,10 +211,10 @@ class Batcher:
             self._batch = None
         else:
             self._reserve(1 + max(r.pending for r in batch.rows))
-            engine._decode(batch)
+            engine.decode(batch)
         self.stats.running = len(self._batch.rows) if self._batch else 0
 
-    def _delta(self, entry: _Waiting, row: _Row, n: int) -> Delta:
+    def _delta(self, entry: _Waiting, row: Row, n: int) -> Delta:
         """What row gained since it had n tokens."""
         done = row.finish_reason is not None
         end = len(row.token_ids) - (done and row.stopped_by_token)  # the stop token is not part of the answer
@@ -221,7 +223,7 @@ class Batcher:
                       row.logprobs[n:end] if row.params.logprobs else None,
                       row.top_logprobs[n:end] if row.params.top_logprobs else None, row.finish_reason)
         if done:
-            delta.completion = self.engine._completion(row)
+            delta.completion = self.engine.completion(row)
             delta.error = entry.error[0] if entry.error else None
             del self._owners[id(row)]
         return delta
@@ -240,26 +242,16 @@ class Batcher:
 
     # ---- joining and the cache ------------------------------------------------------------------------------
 
-    def _prefill(self, rows: list[_Row]) -> _Batch:
-        """The joining rows' prompts through the model, in a batch of their own sized to fit exactly."""
-        engine = self.engine
-        width = max(len(r.prompt) for r in rows)
-        cache = KVCache(engine.config, len(rows), width, engine.dtype, engine.device)
-        sampler = Sampler([r.params for r in rows], engine.config.vocab_size, engine.device)
-        batch = _Batch(rows, cache, sampler, pos=torch.zeros(len(rows), dtype=torch.long, device=engine.device))
-        engine._forward_chunks(batch, [r.prompt for r in rows])
-        return batch
-
-    def _join(self, new: _Batch) -> None:
+    def _join(self, new: Batch) -> None:
         """Merge a prefilled batch into the running one (both hold logits for their next token)."""
         if self._batch is None:
             engine = self.engine
             cache = KVCache(engine.config, self.max_batch, min(INITIAL_SLOTS, engine.config.max_position_embeddings),
                             engine.dtype, engine.device)
             cache.batch_size = 0
-            self._batch = _Batch([], cache, new.sampler, pos=new.pos[:0], logits=new.logits[:0])
+            self._batch = Batch([], cache, new.sampler, pos=new.pos[:0], logits=new.logits[:0])
         else:
-            _extend_sampler(self._batch.sampler, new.sampler)
+            self._batch.sampler.extend(new.sampler)
         run, src = self._batch, new.cache
         cache, B, n, width = run.cache, len(run.rows), len(new.rows), src.length
         if width > cache.length:  # the running rows get holes where the longer prompt begins
@@ -284,7 +276,7 @@ class Batcher:
             return
         _compact(cache)
         if cache.length + slots > cache.capacity // 2:
-            cache._grow(2 * (cache.length + slots))
+            cache.grow(2 * (cache.length + slots))
 
 
 def _compact(cache: KVCache) -> None:
@@ -302,14 +294,6 @@ def _compact(cache: KVCache) -> None:
     cache.valid[:B, :width] = valid.gather(1, idx)
     cache.length = width
     cache.has_holes = not bool(cache.valid[:B, :width].all())
-
-
-def _extend_sampler(sampler: Sampler, new: Sampler) -> None:
-    """Append `new`'s rows to `sampler` (the inverse of `Sampler.keep`); each row keeps its own generator."""
-    for name in ("greedy", "temperature", "top_k", "top_p", "min_p"):
-        setattr(sampler, name, torch.cat([getattr(sampler, name), getattr(new, name)]))
-    sampler.generators = sampler.generators + new.generators
-    sampler._refresh_flags()
 
 
 def _guarded(processor, error: list[str]):

@@ -9,6 +9,14 @@ turn, where one row feeds dozens of tokens while the others feed their one sampl
 valid slots only, so each row computes exactly what it would compute alone. The plain decode step (one
 token per row, no holes anywhere) skips the mask entirely. Finished rows leave the batch at once (the cache
 compacts in place), so a long straggler doesn't keep paying for rows that stopped early.
+
+Rows with the same prompt (the n samples of an API request, a self-consistency vote, a GRPO group) share one
+prefill: the prompt goes through the model once and its cache rows are copied to every sample.
+
+`Engine(compile=True)` runs the plain decode step as one `torch.compile`d function over the whole cache (the
+approach of PyTorch's gpt-fast): the step writes its token at a slot given as a tensor and attends to every
+slot under the valid mask, so its shapes and code are the same at every step and it compiles once per batch
+layout, not once per length. It pays after a few thousand steps (RL, a server); the eager step is the default.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pocketchat.chat import render_prompt
 from pocketchat.engine.sampling import Sampler, SamplingParams
 from pocketchat.engine.toolcalls import run_tool_call
 from pocketchat.errors import UserError
+from pocketchat.hardware import check_compile
 from pocketchat.model import CausalLM, ModelConfig
 
 
@@ -81,7 +90,7 @@ class KVCache:
     def prepare_step(self) -> torch.Tensor | None:
         """Mask for one new real token per row: the row's valid slots, or None (attend to all) with no holes."""
         if self.length == self.capacity:
-            self._grow(self.length + 1)
+            self.grow(self.length + 1)
         B, end = self.batch_size, self.length + 1
         self.valid[:B, self.length] = True
         return self.valid[:B, None, None, :end] if self.has_holes else None
@@ -92,7 +101,7 @@ class KVCache:
         B, T = chunk_valid.shape
         start, end = self.length, self.length + T
         if end > self.capacity:
-            self._grow(end)
+            self.grow(end)
         self.valid[:B, start:end] = chunk_valid
         self.has_holes = self.has_holes or not bool(chunk_valid.all())
         if not self.has_holes:
@@ -105,8 +114,9 @@ class KVCache:
         mask |= slots[None, :] == queries[:, None]
         return mask.unsqueeze(1)
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Compact the batch to `rows` (indices into the rows in use), in place."""
+    def select(self, rows: torch.Tensor) -> None:
+        """Make the batch `rows` (indices into the rows in use, in place): drops finished rows, or repeats a
+        shared prompt's rows for each of its samples (the buffers must hold len(rows) rows)."""
         n, L = rows.numel(), self.length
         self.k[:, :n, :, :L] = self.k[:, rows, :, :L]
         self.v[:, :n, :, :L] = self.v[:, rows, :, :L]
@@ -114,14 +124,45 @@ class KVCache:
         self.batch_size = n
         self.has_holes = not bool(self.valid[:n, :L].all())
 
-    def _grow(self, needed: int) -> None:
-        # Only forced tool turns can outgrow the initial capacity; doubling keeps the copies rare.
+    def step_view(self) -> "_SlotWrite":
+        """The cache as the compiled decode step sees it: whole buffers, the next slot as a tensor."""
+        if self.length == self.capacity:
+            self.grow(self.length + 1)
+        B = self.batch_size
+        at = torch.tensor([self.length], device=self.valid.device)
+        return _SlotWrite(self.k[:, :B], self.v[:, :B], self.valid[:B], at)
+
+    def grow(self, needed: int) -> None:
+        """Reallocate to at least `needed` slots. Forced tool turns can outgrow a batch's capacity, and the
+        Batcher's running cache grows with its rows; doubling keeps the copies rare."""
         capacity, L = max(needed, 2 * self.capacity), self.length
         k, v, valid = self.k, self.v, self.valid
         self.k = k.new_zeros(*k.shape[:3], capacity, k.shape[4])
         self.v = v.new_zeros(*v.shape[:3], capacity, v.shape[4])
         self.valid = valid.new_zeros(valid.shape[0], capacity)
         self.k[:, :, :, :L], self.v[:, :, :, :L], self.valid[:, :L] = k[:, :, :, :L], v[:, :, :, :L], valid[:, :L]
+
+
+class _SlotWrite:
+    """One decode step's view of a `KVCache` for `_static_step`: writes each layer's new key/value at slot
+    `at` (a tensor, so the step's code is the same at every step) and returns the whole buffers."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, at: torch.Tensor):
+        self.k, self.v, self.valid, self.at = k, v, valid, at
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer_idx].index_copy_(2, self.at, k)
+        self.v[layer_idx].index_copy_(2, self.at, v)
+        return self.k[layer_idx], self.v[layer_idx]
+
+
+def _static_step(model: CausalLM, tokens: torch.Tensor, pos: torch.Tensor, cache: _SlotWrite) -> torch.Tensor:
+    """One token per row ([B, 1] at positions pos [B]) over the whole cache; returns fp32 logits [B, V].
+    Every slot is attended to under the valid mask (unwritten slots are invalid), so no shape depends on
+    the step: what `torch.compile` needs to trace it once."""
+    cache.valid.index_fill_(1, cache.at, True)
+    h = model.model(tokens, position_ids=pos.unsqueeze(1), attn_mask=cache.valid[:, None, None, :], cache=cache)
+    return model.lm_head(h[:, -1]).float()
 
 
 class TextStream:
@@ -180,7 +221,7 @@ class TextStream:
 
 
 @dataclass
-class _Row:
+class Row:
     """One sequence being generated: the Python-side state of a batch row."""
 
     prompt: list[int]
@@ -199,8 +240,8 @@ class _Row:
 
 
 @dataclass
-class _Batch:
-    rows: list[_Row]
+class Batch:
+    rows: list[Row]
     cache: KVCache
     sampler: Sampler
     pos: torch.Tensor  # [B] position of the next token each row feeds (= its real tokens so far)
@@ -214,7 +255,7 @@ class _Batch:
         if len(keep) < len(self.rows) and keep:
             idx = torch.tensor(keep, device=self.pos.device)
             self.rows = [self.rows[i] for i in keep]
-            self.cache.keep(idx)
+            self.cache.select(idx)
             self.sampler.keep(idx, keep)
             self.pos, self.last = self.pos[idx], self.last[idx]
         return bool(keep)
@@ -224,17 +265,28 @@ class Engine:
     """Generates from a `CausalLM` with a KV cache. See the module docstring for how batches run.
 
     device/dtype, when given, move the model in place (nn.Module.to); otherwise the engine uses the model
-    as it is, so an RL learner's engine always samples from the current weights.
+    as it is, so an RL learner's engine always samples from the current weights. compile: run the decode
+    step compiled (see the module docstring; needs a C++ compiler on CPU).
+
+    `generate` and `stream` run a batch to its end. The steps they are made of (`new_row`, `prefill`,
+    `sample`, `accept`, `decode`, `completion`) are public too, for a caller that runs its own loop over a
+    changing batch (`engine.batcher.Batcher`), so a row computes the same there as here.
     """
 
     def __init__(self, model: CausalLM, tokenizer, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, max_batch_size: int = 64):
+                 dtype: torch.dtype | None = None, max_batch_size: int = 64, compile: bool = False):
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.max_batch_size = max_batch_size
+        if compile:
+            check_compile(self.device)
+            # dynamic: one graph for every batch size and cache capacity (rows finish, prompts differ in length).
+            self._step = torch.compile(_static_step, dynamic=True)
+        else:
+            self._step = None
         tid = tokenizer.token_id
         self.im_start, self.im_end = tid("<|im_start|>"), tid("<|im_end|>")
         self.tool_open, self.tool_close = tid("<tool_call>"), tid("</tool_call>")
@@ -249,23 +301,23 @@ class Engine:
         """Complete each prompt (token ids). Runs batches of up to max_batch_size; returns in prompt order."""
         params = self._params_per_prompt(params, len(prompts))
         for i, p in enumerate(prompts):
-            self._check_prompt(p, f"prompt {i}")
+            self.check_prompt(p, f"prompt {i}")
         out: list[Completion | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
         for start in range(0, len(order), self.max_batch_size):
             chunk = order[start : start + self.max_batch_size]
-            rows = [self._new_row(prompts[i], params[i], track_text=bool(params[i].stop)) for i in chunk]
+            rows = [self.new_row(prompts[i], params[i], track_text=bool(params[i].stop)) for i in chunk]
             for _ in self._run(rows, stream=False):
                 pass
             for i, row in zip(chunk, rows):
-                out[i] = self._completion(row)
+                out[i] = self.completion(row)
         return out
 
     def stream(self, prompt: list[int], params: SamplingParams | None = None) -> Iterator[StreamEvent]:
         """Generate one completion, yielding after every step; the texts concatenate to Completion.text."""
         params = params or SamplingParams()
-        self._check_prompt(prompt, "prompt")
-        yield from self._run([self._new_row(prompt, params, track_text=True)], stream=True)
+        self.check_prompt(prompt, "prompt")
+        yield from self._run([self.new_row(prompt, params, track_text=True)], stream=True)
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None) -> Completion:
         """Answer a conversation (OpenAI-style messages), rendered with the tokenizer's chat template."""
@@ -273,50 +325,62 @@ class Engine:
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
-    def _run(self, rows: list[_Row], stream: bool) -> Iterator[StreamEvent]:
-        batch = self._prefill(rows)
+    def _run(self, rows: list[Row], stream: bool) -> Iterator[StreamEvent]:
+        batch = self.prefill(rows, room=max(r.room for r in rows))
         while True:
-            tokens, logprobs, tops = self._sample(batch)
+            tokens, logprobs, tops = self.sample(batch)
             for i, row in enumerate(batch.rows):
                 n = len(row.token_ids)
-                self._accept(row, tokens[i], logprobs and logprobs[i], tops and tops[i])
+                self.accept(row, tokens[i], logprobs and logprobs[i], tops and tops[i])
                 if stream:
                     yield StreamEvent(row.text.take(final=row.finish_reason is not None), row.token_ids[n:],
                                       row.forced[n:], row.finish_reason)
             if not batch.drop_finished():
                 return
-            self._decode(batch)
+            self.decode(batch)
 
     @torch.inference_mode()
-    def _prefill(self, rows: list[_Row]) -> _Batch:
+    def prefill(self, rows: list[Row], room: int) -> Batch:
+        """The rows' prompts through the model: a batch whose cache has `room` slots free after the widest
+        prompt and whose logits predict each row's first token. Rows with the same prompt share its forward
+        and copy its cache rows, so the n samples of a prompt cost one prefill."""
+        index: dict[tuple[int, ...], int] = {}
+        source = [index.setdefault(tuple(r.prompt), len(index)) for r in rows]  # each row's unique prompt
         width = max(len(r.prompt) for r in rows)
-        cache = KVCache(self.config, len(rows), width + max(r.room for r in rows), self.dtype, self.device)
+        cache = KVCache(self.config, len(rows), width + room, self.dtype, self.device)
+        cache.batch_size = len(index)
+        pos = torch.zeros(len(index), dtype=torch.long, device=self.device)
+        h = self._forward_chunks(cache, pos, [list(p) for p in index])
+        logits = self.model.lm_head(h[:, -1]).float()
+        if len(index) < len(rows):
+            src = torch.tensor(source, device=self.device)
+            cache.select(src)
+            pos, logits = pos[src], logits[src]
         sampler = Sampler([r.params for r in rows], self.config.vocab_size, self.device)
-        batch = _Batch(rows, cache, sampler, pos=torch.zeros(len(rows), dtype=torch.long, device=self.device))
-        self._forward_chunks(batch, [r.prompt for r in rows])
-        return batch
+        return Batch(rows, cache, sampler, pos, logits)
 
     @torch.inference_mode()
-    def _decode(self, batch: _Batch) -> None:
+    def decode(self, batch: Batch) -> None:
         """Feed each row what it has not fed yet: its sampled token, plus any forced tool turn after it."""
         if any(r.pending for r in batch.rows):
-            self._forward_chunks(batch, [r.token_ids[-1 - r.pending :] for r in batch.rows])
-            return
-        mask = batch.cache.prepare_step()
-        h = self.model.model(batch.last, position_ids=batch.pos.unsqueeze(1), attn_mask=mask, cache=batch.cache)
-        batch.pos += 1
-        batch.logits = self.model.lm_head(h[:, -1]).float()
+            self._feed_pending(batch)
+        elif self._step is not None:
+            view = batch.cache.step_view()
+            batch.logits = self._step(self.model, batch.last, batch.pos, view)
+            batch.cache.length += 1
+            batch.pos += 1
+        else:
+            mask = batch.cache.prepare_step()
+            h = self.model.model(batch.last, position_ids=batch.pos.unsqueeze(1), attn_mask=mask, cache=batch.cache)
+            batch.pos += 1
+            batch.logits = self.model.lm_head(h[:, -1]).float()
 
-    def _forward_chunks(self, batch: _Batch, chunks: list[list[int]]) -> None:
+    def _feed_pending(self, batch: Batch) -> None:
+        """A chunk per row: the sampled token and the forced tool turn after it (rows without one feed one
+        token); fills in the forced tokens' logprobs where asked."""
+        chunks = [r.token_ids[-1 - r.pending :] for r in batch.rows]
         width = max(len(c) for c in chunks)
-        ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in chunks], device=self.device)
-        lengths = torch.tensor([len(c) for c in chunks], device=self.device)
-        offset = torch.arange(width, device=self.device) - (width - lengths).unsqueeze(1)  # < 0: a hole
-        mask = batch.cache.prepare(offset >= 0)
-        positions = (batch.pos.unsqueeze(1) + offset).clamp(min=0)
-        # The body, not model(): the LM head runs only where logits are needed, not over the whole prompt.
-        h = self.model.model(ids, position_ids=positions, attn_mask=mask, cache=batch.cache)
-        batch.pos += lengths
+        h = self._forward_chunks(batch.cache, batch.pos, chunks)
         batch.logits = self.model.lm_head(h[:, -1]).float()
         for i, row in enumerate(batch.rows):
             if row.pending and (row.params.logprobs or row.params.top_logprobs):
@@ -328,8 +392,21 @@ class Engine:
                     row.top_logprobs[-n:] = _top(logp, [row.params.top_logprobs] * n)
             row.pending = 0
 
+    def _forward_chunks(self, cache: KVCache, pos: torch.Tensor, chunks: list[list[int]]) -> torch.Tensor:
+        """Feed chunk i to cache row i, right-aligned (holes on the left); advances pos; returns the hidden
+        states [B, width, d]. The body, not model(): the LM head runs only where logits are needed."""
+        width = max(len(c) for c in chunks)
+        ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in chunks], device=self.device)
+        lengths = torch.tensor([len(c) for c in chunks], device=self.device)
+        offset = torch.arange(width, device=self.device) - (width - lengths).unsqueeze(1)  # < 0: a hole
+        mask = cache.prepare(offset >= 0)
+        positions = (pos.unsqueeze(1) + offset).clamp(min=0)
+        h = self.model.model(ids, position_ids=positions, attn_mask=mask, cache=cache)
+        pos += lengths
+        return h
+
     @torch.inference_mode()
-    def _sample(self, batch: _Batch):
+    def sample(self, batch: Batch):
         """One token per row, with (if any row asked) its logprob and the top alternatives."""
         logits, rows = batch.logits, batch.rows
         allowed = None
@@ -352,7 +429,7 @@ class Engine:
 
     # ---- per-row bookkeeping --------------------------------------------------------------------------------
 
-    def _accept(self, row: _Row, token: int, logprob: float | None, top: dict | None) -> None:
+    def accept(self, row: Row, token: int, logprob: float | None, top: dict | None) -> None:
         row.token_ids.append(token)
         row.forced.append(False)
         if row.params.logprobs:
@@ -388,12 +465,12 @@ class Engine:
         if row.room <= 0:
             self._finish(row, "length")
 
-    def _finish(self, row: _Row, reason: str) -> None:
+    def _finish(self, row: Row, reason: str) -> None:
         row.finish_reason = reason
         if row.text is not None and not (reason == "stop" and not row.stopped_by_token):
             row.text.flush()  # a stop string already cut the text; anything else ends mid-stream
 
-    def _tool_turn(self, row: _Row) -> list[int]:
+    def _tool_turn(self, row: Row) -> list[int]:
         """Run the call from the last <tool_call> to the </tool_call> just sampled; return the forced tokens
         `<|im_end|>\\n<|im_start|>tool\\n{output}<|im_end|>\\n<|im_start|>assistant\\n` (what chat.render
         gives for that tool turn, so the model sees the format it was trained on)."""
@@ -406,16 +483,16 @@ class Engine:
         return [self.im_end, *enc("\n"), self.im_start, *enc("tool\n" + output), self.im_end, *enc("\n"),
                 self.im_start, *enc("assistant\n")]
 
-    def _new_row(self, prompt: list[int], params: SamplingParams, track_text: bool) -> _Row:
+    def new_row(self, prompt: list[int], params: SamplingParams, track_text: bool) -> Row:
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.default_stop_ids)
         if params.tools and None in (self.tool_open, self.tool_close, self.im_start, self.im_end):
             raise UserError("tools=True needs the tokenizer's <tool_call>, </tool_call>, <|im_start|> and <|im_end|> special tokens")
         # Token max_pos can still be sampled (from the logits at the last position), it just can't be fed.
         room = min(params.max_tokens, self.config.max_position_embeddings + 1 - len(prompt))
         text = TextStream(self.tokenizer.decode, params.stop) if track_text else None
-        return _Row(list(prompt), params, stop_ids, room, text)
+        return Row(list(prompt), params, stop_ids, room, text)
 
-    def _completion(self, row: _Row) -> Completion:
+    def completion(self, row: Row) -> Completion:
         if row.text is not None:
             text = row.text.text
         else:
@@ -431,7 +508,7 @@ class Engine:
             raise UserError(f"got {len(params)} SamplingParams for {n} prompts")
         return list(params)
 
-    def _check_prompt(self, prompt: list[int], name: str) -> None:
+    def check_prompt(self, prompt: list[int], name: str) -> None:
         if len(prompt) == 0:
             raise UserError(f"{name} is empty")
         if len(prompt) > self.config.max_position_embeddings:

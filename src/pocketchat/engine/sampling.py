@@ -98,6 +98,13 @@ class Sampler:
         self.generators = [self.generators[i] for i in row_list]
         self._refresh_flags()
 
+    def extend(self, new: "Sampler") -> None:
+        """Append `new`'s rows (the inverse of `keep`); each row keeps its own generator."""
+        for name in ("greedy", "temperature", "top_k", "top_p", "min_p"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(new, name)]))
+        self.generators = self.generators + new.generators
+        self._refresh_flags()
+
     def __call__(self, logits: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """logits: [B, V] float32 (raw). allowed: optional bool [B, V]. Returns token ids [B]."""
         if allowed is not None:
