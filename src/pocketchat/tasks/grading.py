@@ -55,8 +55,9 @@ def check(example: Example, completion: str) -> bool:
 
 def format_ok(example: Example, completion: str, style: str) -> bool:
     """Whether the completion has the shape `style` asks for, right or wrong: direct = one line that is a
-    bare answer of the task's kind, or a computation "= answer" (render.direct_reply with equation); cot = steps, then a last line "Answer: X"; tool = a calculator call and
-    a last line "Answer: X". (A task without arithmetic renders tool as cot, and is judged as cot.)"""
+    bare answer of the task's kind, or for a number a computation "13 + 70 = 83" (`render.direct_reply`); cot =
+    steps, then a last line "Answer: X"; tool = a calculator call and a last line "Answer: X". (A task without
+    arithmetic renders tool as cot, and is judged as cot.)"""
     kind = get_task(example.task).kind
     style = rendered_style(example, style)
     lines = [line.strip() for line in completion.splitlines() if line.strip()]
