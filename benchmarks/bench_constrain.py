@@ -4,9 +4,11 @@ Overhead: a fresh processor replays a valid output token by token (each call = a
 token, compute the mask, turn it into a bool tensor: all the work it adds to a decode step; the first
 mask of a request is the costliest), at our vocabulary
 size (a 4,096-token tokenizer trained on the embedded corpus) and SmolLM2's 49,152 (when
-`pocketchat.gguf_import` can load it). Validity: with `--model DIR` (e.g. the embedded pipeline's SFT
-model), held-out JSON-answer prompts from the SFT mixture's generator, each with a schema derived from its
-reference answer, sampled at temperature 0.7 with and without the schema.
+`pocketchat.gguf_import` can load it). Each replay is one run; the table gives the median over `--repeats`
+runs and, in brackets, their interquartile range (the spread a busy machine adds). Validity: with
+`--model DIR` (e.g. the embedded pipeline's SFT model), JSON-answer prompts of the test split, whose
+sentences the SFT mixture (train split) never holds, each with a schema derived from its reference answer,
+sampled at temperature 0.7 with and without the schema.
 Usage:
     python benchmarks/bench_constrain.py [--model DIR] [--n 50] [--repeats 20]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from itertools import islice
@@ -55,22 +58,29 @@ def smollm_tokenizer(root: Path) -> Tokenizer | None:
         return None
 
 
-def mask_cost(tokenizer: Tokenizer, make, text: str, repeats: int) -> list[float]:
-    """µs per step of a fresh processor following `text` to its end of turn, each step's best over
-    `repeats` runs (robust to a busy machine)."""
+def mask_cost(tokenizer: Tokenizer, make, text: str, repeats: int) -> list[list[float]]:
+    """µs of each step of a fresh processor following `text` to its end of turn, one list per run."""
     ids = tokenizer.encode(text)
     logits = torch.zeros(tokenizer.vocab_size)
-    best = [float("inf")] * (len(ids) + 1)
+    runs = []
     for _ in range(repeats):
         processor = make()
+        steps = []
         for i in range(len(ids) + 1):
             prefix = ids[:i]
             start = time.perf_counter()
             allowed = processor(prefix, logits)
-            best[i] = min(best[i], time.perf_counter() - start)
+            steps.append((time.perf_counter() - start) * 1e6)
             if i < len(ids) and not allowed[ids[i]]:
                 raise AssertionError(f"{text!r} leaves the grammar at token {i}")
-    return [t * 1e6 for t in best]
+        runs.append(steps)
+    return runs
+
+
+def median_iqr(values: list[float]) -> str:
+    """ "22.1 (21.5–23.0)": the median and the interquartile range."""
+    q1, q2, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"{q2:.1f} ({q1:.1f}–{q3:.1f})"
 
 
 def overhead_rows(tokenizer: Tokenizer, name: str, repeats: int) -> list[tuple]:
@@ -82,9 +92,9 @@ def overhead_rows(tokenizer: Tokenizer, name: str, repeats: int) -> list[tuple]:
         start = time.perf_counter()
         make()
         build_ms = (time.perf_counter() - start) * 1e3
-        us = mask_cost(tokenizer, make, text, repeats)
-        rows.append((name, tokenizer.vocab_size, what, len(us), f"{sum(us) / len(us):.1f}", f"{us[0]:.1f}",
-                     f"{build_ms:.1f}"))
+        runs = mask_cost(tokenizer, make, text, repeats)
+        rows.append((name, tokenizer.vocab_size, what, len(runs[0]), median_iqr([sum(r) / len(r) for r in runs]),
+                     median_iqr([r[0] for r in runs]), f"{build_ms:.1f}"))
     return rows
 
 
@@ -106,7 +116,7 @@ def validity(model_dir: str, n: int) -> list[tuple]:
     from pocketchat.engine import SamplingParams
 
     engine = load_engine(model_dir, "cpu")
-    conversations = json_answer_conversations(n, random.Random("bench_constrain held-out"))
+    conversations = json_answer_conversations(n, random.Random("bench_constrain"), split="test")
     rows = []
     for label, constrained in (("unconstrained", False), ("JSON schema", True)):
         valid = exact = tokens = 0
@@ -146,6 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if (smollm := smollm_tokenizer(Path(tmp))) is not None:
             rows += overhead_rows(smollm, "SmolLM2", args.repeats)
+    print(f"median (interquartile range) over {args.repeats} runs")
     print(table(("tokenizer", "vocab", "constraint", "tokens", "µs/token", "first µs", "build ms"), rows))
     if args.model:
         print()

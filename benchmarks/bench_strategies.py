@@ -22,6 +22,12 @@ greedily; self-consistency and ToT sample at --temperature. "tool" is the checkp
 calculator (Action: calculator[...], any chat model can). Number answers are read leniently ("The answer
 is 118." -> 118), as evaluation harnesses do for chat models.
 
+Not like for like: on the search puzzle, Tree of Thoughts gets help from the program that direct and CoT don't
+(`strategies/tot.py`, `CountdownToT`): of each step the model writes, only "a op b =" is read; the program
+computes the result and the numbers left, drops steps that use a number not on the table, writes the answer's
+expression from the steps, and scores a finished state by the exact check against the target, not by the model.
+The table says so under its rows (TOT_GIVEN).
+
 Usage:
     python benchmarks/bench_strategies.py --model runs/smollm2 [--model runs/default/sft] [--endpoint URL]
         [--base-model runs/default/base] [--dialogue-shots 3]
@@ -220,6 +226,11 @@ def rag_rows(llm, rag, args) -> dict:
 
 # -- output -----------------------------------------------------------------------------------------------------
 
+TOT_GIVEN = ("Tree of Thoughts is given what direct and CoT are not: the program does each step's arithmetic, "
+             "drops steps that use a number not on the table, writes the answer from the steps and checks finished "
+             "states against the target; the model proposes steps and rates unfinished states.")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| task | strategy | n | accuracy | 95% CI | tokens / instance (prompt + generated) | generated | calls |",
              "|---|---|---|---|---|---|---|---|"]
@@ -366,6 +377,8 @@ def main(argv=None) -> int:
         rag_report = rag_rows(llm, rag, args) if rag is not None else None
         minutes = (time.perf_counter() - start) / 60
         print(f"## {name}\n\n{table(rows)}\n")
+        if any(r["strategy"] == "tot" for r in rows):
+            print(TOT_GIVEN + "\n")
         checks = targets(rows, args.tasks, base_rows)
         if checks:
             print("Targets:\n" + "\n".join(checks) + "\n")

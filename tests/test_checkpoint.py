@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pocketchat.config import TrainConfig
@@ -95,6 +96,7 @@ def records(out: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a dozen killed and resumed training processes, ~30 s
 def test_sigkill_at_any_moment_leaves_a_loadable_folder_and_resume_is_exact(tmp_path):
     reference = tmp_path / "reference"
     finish(reference)

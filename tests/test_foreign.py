@@ -203,6 +203,7 @@ def test_serve_without_tool_tokens(chatml_folder):
 
 # ---- the recipe from a pretrained model ------------------------------------------------------------------------
 
+@pytest.mark.slow  # a smoke speedrun from a base model, ~15 s
 def test_speedrun_from_a_pretrained_model(tmp_path, capsys):
     """`speedrun --base DIR`: no pretraining, SFT with LoRA, every stage judged against the model as given on the
     same held-out instances, and the shipped model a plain folder that transformers opens."""

@@ -163,6 +163,7 @@ def smollm2(tmp_path_factory):
     return CausalLM.from_pretrained(out).eval(), Tokenizer.load(out), ref, ref_tok
 
 
+@pytest.mark.slow  # SmolLM2: dequantising the GGUF and loading it twice, ~40 s
 def test_smollm2_logits_match_transformers(smollm2):
     ours, _, ref, ref_tok = smollm2
     for prompt in ["The capital of France is", "def fibonacci(n):\n    if n < 2:", "1, 1, 2, 3, 5, 8, 13,"]:
@@ -172,6 +173,7 @@ def test_smollm2_logits_match_transformers(smollm2):
             assert (ours(ids) - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
 
 
+@pytest.mark.slow  # SmolLM2 (the module's import, above)
 def test_smollm2_tokenizer_matches_transformers(smollm2):
     _, tok, _, ref_tok = smollm2
     for text in [PROBE, "Héllo wörld! 日本語 🤖 $3.50 (don't)\r\n", "<|im_start|>user\nHi<|im_end|>\n<file_sep>"]:
@@ -179,6 +181,7 @@ def test_smollm2_tokenizer_matches_transformers(smollm2):
     assert tok.chat_template == ref_tok.chat_template and (tok.eos_token, tok.bos_token) == ("<|im_end|>", "<|im_start|>")
 
 
+@pytest.mark.slow  # SmolLM2 (the module's import, above)
 def test_smollm2_answers_in_chatml(smollm2):
     model, tok, _, ref_tok = smollm2
     prompt = ref_tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

@@ -124,6 +124,7 @@ def torchrun(out: Path, mode: str, nproc: int, micro: int = 0) -> None:
                    check=True, env=env, capture_output=True, timeout=240)
 
 
+@pytest.mark.slow  # torchrun launches, ~10 s each
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, mode):
     torchrun(tmp_path / "one", "ddp", 1)
@@ -137,6 +138,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, mode):
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
 
 
+@pytest.mark.slow  # torch.compile, ~15 s
 def test_compiled_training_step_matches_eager(tmp_path):
     train(tiny_model(), cfg(save_every=0), tmp_path / "eager", make_get_batch(8), info=CPU)
     train(tiny_model(), cfg(save_every=0, compile=True), tmp_path / "compiled", make_get_batch(8), info=CPU)

@@ -442,6 +442,7 @@ def test_api_key_and_a_full_queue(scripted):
 
 # ---- the command line ------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # starts `pocketchat serve` as a process, ~8 s
 def test_serve_command_serves_a_model_folder(tmp_path):
     engine = random_engine(context=64)
     engine.model.save_pretrained(tmp_path / "m")

@@ -49,6 +49,7 @@ def served_model(case):
     return case
 
 
+@pytest.mark.slow  # schema fuzzing, ~10 s per mode
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
 def test_no_generated_request_gets_a_server_error(served, mode):
     url, app = served
@@ -91,6 +92,7 @@ COMPLETION = st.fixed_dictionaries(
     optional=SAMPLING | {"logprobs": st.integers(0, 20), "echo": st.booleans()})
 
 
+@pytest.mark.slow  # fuzzing
 @pytest.mark.parametrize("path,bodies", [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)],
                          ids=["chat", "completions"])
 def test_valid_requests_with_any_sampling_values_are_answered_in_full(served, path, bodies):
@@ -114,6 +116,7 @@ def test_valid_requests_with_any_sampling_values_are_answered_in_full(served, pa
         answer()
 
 
+@pytest.mark.slow  # checks what the slow fuzzing left
 def test_the_server_is_alive_after_the_fuzzing(served):
     url, app = served
     assert httpx.get(f"{url}/health").json()["status"] == "ok"

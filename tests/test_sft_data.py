@@ -260,10 +260,20 @@ def test_mixture_sources_are_well_formed(tok):
         assert not any(sft_mixture.IDENTITY_QUESTION.search(m["content"]) for m in conv[::2])
 
 
+def test_json_answers_train_and_test_splits_are_disjoint():
+    """bench_constrain's held-out JSON prompts (test split) are sentences the SFT mixture (train) never holds."""
+    def prompts(split: str) -> set[str]:  # the same seed: without the split both would draw the same sentences
+        return {c[0]["content"] for c in sft_mixture.json_answer_conversations(300, random.Random(0), split)}
+    train, test = prompts("train"), prompts("test")
+    assert len(train) == len(test) == 300 and not train & test
+    with pytest.raises(UserError, match="split"):
+        sft_mixture.json_answer_conversations(1, random.Random(0), "held-out")
+
+
 def test_embedded_mixture_is_deterministic_and_renders(tok, monkeypatch):
     calls = []
 
-    def fake_tasks(n: int, seed: int) -> list[list[dict]]:
+    def fake_tasks(n: int, seed: int, direct_equations: bool) -> list[list[dict]]:
         calls.append((n, seed))
         return [[{"role": "user", "content": f"{i}+1?"}, {"role": "assistant", "content": str(i + 1)}] for i in range(n)]
 

@@ -3,10 +3,13 @@ holds each stage's figures, and a re-run skips what is done and redoes only what
 
 import json
 
+import pytest
+
 from pocketchat.cli import main
 from pocketchat.speedrun import STAGES
 
 
+@pytest.mark.slow  # the whole smoke speedrun, ~30 s
 def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["speedrun", "--preset", "smoke", "--out", str(run)]) == 0

