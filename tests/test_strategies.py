@@ -392,7 +392,7 @@ def test_evaluate_grades_puzzles_exactly_and_counts_tokens():
 
     r = evaluate(Scripted(reply), "cot", "game24", 4, Settings(seed=0))
     assert r == {"task": "game24", "strategy": "cot", "n": 4, "accuracy": 0.5, "tokens": 13.0,
-                 "completion_tokens": 3.0, "calls": 1.0}
+                 "completion_tokens": 3.0, "calls": 1.0, "correct": [True, False, True, False]}
     shot_llm = replies(*["Answer: 1"] * 2)
     r = evaluate(shot_llm, "direct", "add2", 2, Settings(shots=2))
     messages = shot_llm.log[0]["messages"]
