@@ -222,7 +222,7 @@ def test_text_stream_holds_back_a_split_utf8_character(tok):
 
 def test_tool_call_runs_and_its_turn_is_forced(engine, model, tok, monkeypatch):
     calls = []
-    monkeypatch.setattr(generate_module, "run_tool_call", lambda call: calls.append(call) or run_tool_call(call))
+    monkeypatch.setattr(generate_module, "run_tool_call", lambda call, allowed=None: calls.append(call) or run_tool_call(call, allowed=allowed))
     call = json.dumps({"name": "calculator", "arguments": {"expression": "2+3"}})
     open_, close, im_start, im_end = (tok.token_id(s) for s in ("<tool_call>", "</tool_call>", "<|im_start|>", "<|im_end|>"))
     call_ids = [open_, *tok.encode(call), close]
@@ -252,7 +252,7 @@ def test_tool_call_runs_and_its_turn_is_forced(engine, model, tok, monkeypatch):
 
 @pytest.mark.parametrize("params", [dict(tools=False), dict(tools=True, max_tool_calls=0)])
 def test_tool_call_not_allowed_finishes_with_tool_calls(engine, tok, monkeypatch, params):
-    monkeypatch.setattr(generate_module, "run_tool_call", lambda call: pytest.fail("tool must not run"))
+    monkeypatch.setattr(generate_module, "run_tool_call", lambda call, allowed=None: pytest.fail("tool must not run"))
     script = [tok.token_id("<tool_call>"), *tok.encode('{"name":"calculator"}'), tok.token_id("</tool_call>"), 9]
     out = engine.generate([tok.encode("Hi")], SamplingParams(logits_processor=force(script), **params))[0]
     assert out.finish_reason == "tool_calls" and out.token_ids == script[:-1]
