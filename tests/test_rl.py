@@ -3,6 +3,10 @@ on a toy task, exact resume, and the `pocketchat rl` command."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +19,8 @@ from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig, RewardModel
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train.loop import CHECKPOINT
-from pocketchat.train.rl import RLConfig, RLPrompt, RLTrainer, fit, make_rollout, model_reward, select_cells
+from pocketchat.train.rl import (RLConfig, RLPrompt, RLTrainer, check_split, fit, make_rollout, model_reward,
+                                 select_cells)
 from pocketchat.train.rl_math import (adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
                                       kl_estimate, update_moments)
 
@@ -278,6 +283,46 @@ def test_rl_command_runs_ppo_against_a_reward_model(sft, tmp_path):
     record = metrics(out)[0]
     assert record["score"] == pytest.approx((record["reward"] - 0.5) / 2.0, abs=1e-5)
     assert {"value_loss", "value_clip_frac", "kl_coef"} <= set(record)
+
+
+def torchrun(nproc: int, args: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+                          "-m", "pocketchat.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[:6000]
+
+
+@pytest.mark.parametrize("algo, extra", [("ppo", ["--reward_norm=running", "--kl_target=1", "--kl_horizon=100"]),
+                                         ("grpo", ["--ptx_coef=0.5", "--ptx_batch_size=2"])])
+def test_two_processes_match_one_with_the_same_global_batch(sft, tmp_path, algo, extra):
+    """Each rank samples and scores half of every episode and the update runs under DDP (gloo): the losses, the
+    controller and the weights follow one process's with the same global batch."""
+    rm_dir = tmp_path / "rm"
+    RewardModel.from_causal_lm(CausalLM.from_pretrained(sft)).save_pretrained(rm_dir)  # a random RM: varied scores
+    args = ["rl", "--algo", algo, "--policy", str(sft), "--reward", str(rm_dir), "--preset", "smoke", "--steps=3",
+            "--eval_n=0", "--max_tokens=8", "--device=cpu", "--dtype=float32", "--lr=1e-3", *extra]
+    torchrun(1, [*args, "--out", str(tmp_path / "one")])
+    torchrun(2, [*args, "--out", str(tmp_path / "two")])
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(two) == 3
+    timing = {"rollout_tokens_per_s", "update_tokens_per_s", "tokens_per_s", "episode_s"}
+    for a, b in zip(one, two):
+        assert set(a) == set(b)
+        for k in set(a) - timing:
+            # a clip fraction counts tokens past a threshold: float noise may move one of them (1/128 here)
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=0.01 if k.endswith("clip_frac") else 1e-6), (k, a, b)
+    assert one[-1]["policy_loss"] != 0 and one[-1]["grad_norm"] > 0  # the update did something to agree on
+    w1, w2 = CausalLM.from_pretrained(tmp_path / "one").state_dict(), CausalLM.from_pretrained(tmp_path / "two").state_dict()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_an_episode_that_does_not_divide_among_the_processes_is_refused():
+    check_split(toy_cfg(batch_size=16, group_size=4, minibatch_size=8), 2)
+    with pytest.raises(UserError, match="3 prompts per episode do not divide among the 2 processes"):
+        check_split(toy_cfg(batch_size=12, group_size=4, minibatch_size=4), 2)
+    with pytest.raises(UserError, match="minibatch_size \\(6\\) must be a multiple of 4"):
+        check_split(toy_cfg(batch_size=16, group_size=4, minibatch_size=6), 4)
 
 
 def tok_size(folder) -> int:

@@ -5,6 +5,7 @@ One process is the degenerate case (rank 0 of 1), so every stage runs the same c
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -63,17 +64,51 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_across_ranks(values: list[float]) -> list[float]:
-    """Each value's mean over the ranks (one all-reduce); the values themselves in one process."""
+def sum_across_ranks(values: list[float]) -> list[float]:
+    """Each value's sum over the ranks (one all-reduce); the values themselves in one process."""
     if not dist.is_initialized():
         return values
     t = torch.tensor(values, dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
+    return t.tolist()
+
+
+def mean_across_ranks(values: list[float]) -> list[float]:
+    return [v / (dist.get_world_size() if dist.is_initialized() else 1) for v in sum_across_ranks(values)]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x (the same shape on each) concatenated along dim 0 in rank order; x in one process."""
+    if not dist.is_initialized():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's list of picklable items, concatenated in rank order; items in one process."""
+    if not dist.is_initialized():
+        return items
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def broadcast(obj):
+    """Rank 0's obj on every rank (picklable); obj in one process."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def teardown() -> None:
     if dist.is_initialized():
+        # A DDP wrapper sits in a reference cycle, so only the garbage collector frees it, and its reducer aborts
+        # the process if it outlives the group: collect the wrappers the caller dropped while the group exists.
+        gc.collect()
         dist.destroy_process_group()

@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -162,7 +163,7 @@ def train(
             batch = {k: v.to(info.device, non_blocking=True) for k, v in get_batch(step, info.rank * n_micro + m, info.world_size * n_micro).items()}
             # DDP: only the last micro-batch all-reduces gradients.
             sync = m == n_micro - 1 or not ddp
-            with (model.no_sync() if not sync else _null()), torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with (model.no_sync() if not sync else nullcontext()), torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = loss_fn(model, batch) / n_micro
             loss.backward()
             loss_sum += loss.item()
@@ -277,14 +278,6 @@ def hf_export(model: nn.Module, tokenizer, save_weights: Callable[[dict, Path], 
         tokenizer.save(path, chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
                        model_max_length=model.config.max_position_embeddings)
     return export
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import json
 import random
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -131,6 +132,10 @@ class Rollout:
     def targets(self) -> torch.Tensor:
         return self.full[:, 1:]
 
+    def rows(self, part: slice) -> "Rollout":
+        return Rollout(self.prompts[part], self.completions[part], self.full[part], self.lengths[part], self.mask[part],
+                       self.engine_logprobs[part])
+
 
 # A reward function scores each sample of a rollout: [B] floats. So does a gold function (logged, not trained on).
 RewardFn = Callable[[Rollout], torch.Tensor]
@@ -163,14 +168,32 @@ class Learner(nn.Module):
         self.register_buffer("kl_coef", torch.tensor(kl_coef, dtype=torch.float64))
         self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # running score count, mean, m2
 
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, ptx: dict | None = None):
+        """(log p of targets, critic values or None, the SFT loss on batch ptx or None) in one call, so that under
+        DDP each backward follows exactly one forward of the wrapped module."""
+        logp = token_logprobs(self.policy, input_ids, targets)
+        values = self.critic(input_ids, "all").float() if self.critic is not None else None
+        ptx_loss = self.policy(ptx["input_ids"], ptx["targets"], position_ids=ptx["position_ids"],
+                               attn_mask=ptx["attn_mask"]) if ptx is not None else None
+        return logp, values, ptx_loss
+
 
 class RLTrainer:
-    """One `step` = one episode: sample `batch_size` completions with the engine, score them, update."""
+    """One `step` = one episode: sample `batch_size` completions with the engine, score them, update.
+
+    Under torchrun (info.world_size W > 1) each rank samples, scores and teacher-forces its own 1/W of the
+    episode's rows; the ranks then share them (a few [B, T] tensors and the completions), so every rank holds the
+    whole episode and computes advantages, whitening, KL and the controller exactly as one process would. Each
+    minibatch is split W ways and the update runs under DDP, which all-reduces the gradients: the same optimizer
+    steps as one process with the same global batch."""
 
     def __init__(self, cfg: RLConfig, policy: CausalLM, tokenizer: Tokenizer, ref: CausalLM, reward_fn: RewardFn, *,
                  critic: RewardModel | None = None, gold_fn: RewardFn | None = None,
-                 reward_stats: tuple[float, float] | None = None, ptx_data=None):
+                 reward_stats: tuple[float, float] | None = None, ptx_data=None, info: dist.DistInfo | None = None):
         validate(cfg)
+        self.device = next(policy.parameters()).device
+        self.info = info or dist.DistInfo(rank=0, local_rank=0, world_size=1, device=self.device)
+        check_split(cfg, self.info.world_size)
         if (cfg.algo == "ppo") != (critic is not None):
             raise UserError(f"algo {cfg.algo} {'needs' if cfg.algo == 'ppo' else 'takes no'} critic")
         if cfg.reward_norm == "stats" and reward_stats is None:
@@ -180,8 +203,8 @@ class RLTrainer:
         if cfg.ptx_coef > 0 and ptx_data is None:
             raise UserError("ptx_coef > 0 needs SFT data to mix in (ptx_data)")
         self.ptx_data = ptx_data  # an SFTDataset: get_batch(i, batch_size) is a pure function of i
-        self.device = next(policy.parameters()).device
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
+        self.model = dist.wrap(self.learner, self.info, fsdp=False)  # what the update runs through: DDP under torchrun
         self.optimizer, self.scheduler = optimizer_and_schedule(self.learner, cfg, fused=self.device.type in ("cpu", "cuda"))
         self.engine = Engine(policy, tokenizer)  # samples from the live weights: no copy to sync
         self.amp = autocast_dtype(self.device, cfg.dtype)
@@ -208,8 +231,18 @@ class RLTrainer:
         rng = random.Random(f"rl-sample/{cfg.seed}/{step}" + (f"/{rnd}" if rnd else ""))
         params = [SamplingParams(temperature=1.0, max_tokens=cfg.max_tokens, logprobs=True, tools=p.tools,
                                  seed=rng.getrandbits(62)) for p in prompts]
-        completions = self.engine.generate([p.ids for p in prompts], params)
+        mine = self.my_rows(len(prompts))  # seeds are drawn for every row first: a row samples the same on any rank
+        completions = dist.gather_lists(self.engine.generate([p.ids for p in prompts[mine]], params[mine]))
         return make_rollout(prompts, completions, self.pad_id, self.device)
+
+    def my_rows(self, n: int) -> slice:
+        """This rank's contiguous share of an episode's n rows."""
+        per = n // self.info.world_size
+        return slice(self.info.rank * per, (self.info.rank + 1) * per)
+
+    def score(self, fn: RewardFn, ro: Rollout) -> torch.Tensor:
+        """fn's [B] scores of the whole rollout, each rank scoring its own rows."""
+        return dist.gather_rows(fn(ro.rows(self.my_rows(len(ro.lengths)))).float().to(self.device))
 
     def collect(self, step: int, prompts: list[RLPrompt], more_prompts: Callable[[int], list[RLPrompt]] | None
                 ) -> tuple[Rollout, Rollout, torch.Tensor, torch.Tensor, dict]:
@@ -221,7 +254,7 @@ class RLTrainer:
         cfg = self.cfg
         ro = self.rollout(step, prompts)
         with torch.no_grad(), self.autocast():
-            raw = self.reward_fn(ro).float().to(self.device)
+            raw = self.score(self.reward_fn, ro)
         scores = self.process_scores(raw, ro)
         if not (cfg.dynamic_sampling and cfg.algo == "grpo"):
             return ro, ro, raw, scores, {}
@@ -241,7 +274,7 @@ class RLTrainer:
                 break
             ro = self.rollout(step, more_prompts(rnd), rnd)
             with torch.no_grad(), self.autocast():
-                scores = self.process_scores(self.reward_fn(ro).float().to(self.device), ro)
+                scores = self.process_scores(self.score(self.reward_fn, ro), ro)
         stats = {"groups_informative": informative_groups / sampled_groups, "rollout_rounds": rnd}
         if not kept:  # nothing to learn from this episode: update on round 0 (only the KL term acts)
             return first, first, raw, first_scores, stats | {"groups_kept": 0.0}
@@ -264,7 +297,7 @@ class RLTrainer:
             old_logp, entropy = self._batched(self._logprobs_and_entropy, ro)
             ref_logp, = self._batched(lambda x, y: (token_logprobs(self.ref, x, y),), ro)
             old_values = self._batched(lambda x, y: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
-            gold = self.gold_fn(first).float() if self.gold_fn else None
+            gold = self.score(self.gold_fn, first) if self.gold_fn else None
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_kind()) * mask
         seq_kl = kl.sum(1).mean().item()
         kl_coef = self.learner.kl_coef.item()
@@ -320,25 +353,34 @@ class RLTrainer:
 
     def update(self, step: int, ro: Rollout, advantages, returns, old_logp, old_values, ref_logp) -> dict:
         """cfg.epochs passes over the episode in shuffled minibatches, one optimizer step each. A minibatch is
-        split into micro-batches whose token-weighted losses add up to the minibatch's mean over actions."""
+        split into the ranks' shares and those into micro-batches, whose token-weighted losses add up to the
+        minibatch's mean over actions (DDP averages the ranks' gradients, so each rank's part is scaled by W)."""
         cfg = self.cfg
-        B = len(ro.lengths)
+        B, W = len(ro.lengths), self.info.world_size
         micro_size = cfg.micro_batch_size or cfg.minibatch_size
         order_rng = torch.Generator().manual_seed(random.Random(f"rl-order/{cfg.seed}/{step}").getrandbits(62))
-        totals: dict[str, float] = defaultdict(float)
+        shares: dict[str, float] = defaultdict(float)  # this rank's part of each minibatch mean, summed over steps
+        totals: dict[str, float] = defaultdict(float)  # the same on every rank
         n_steps = 0
-        self.learner.train()
+        self.model.train()
         for _ in range(cfg.epochs):
             for mb in torch.randperm(B, generator=order_rng).to(self.device).split(cfg.minibatch_size):
                 mb_tokens = ro.mask[mb].sum()
-                for micro in mb.split(micro_size):
+                micros = mb.tensor_split(W)[self.info.rank].split(micro_size)
+                for i, micro in enumerate(micros):
+                    last = i == len(micros) - 1
                     width = int(ro.lengths[micro].max()) - 1  # trim the padding this micro-batch doesn't need
                     cut = lambda x: x[micro, :width]
                     mask = cut(ro.mask)
                     weight = mask.sum() / mb_tokens
-                    with self.autocast():
-                        logp = token_logprobs(self.policy, cut(ro.input_ids), cut(ro.targets))
-                        values = self.critic(cut(ro.input_ids), "all").float() if self.critic else None
+                    # the SFT loss on batch (step, i) of the mixture (far fewer than 1000 steps an episode), once per
+                    # optimizer step; every rank computes it on the whole batch, so DDP's average leaves it as it is
+                    ptx = ({k: v.to(self.device) for k, v in
+                            self.ptx_data.get_batch(step * 1000 + n_steps, cfg.ptx_batch_size).items()}
+                           if last and cfg.ptx_coef > 0 else None)
+                    # DDP: only the last micro-batch of a step all-reduces gradients
+                    with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
+                        logp, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets), ptx)
                     pg_loss, clip_frac = clipped_policy_loss(logp, cut(old_logp), cut(advantages), mask, cfg.clip)
                     loss = pg_loss
                     parts = {"policy_loss": pg_loss, "clip_frac": clip_frac,
@@ -351,22 +393,19 @@ class RLTrainer:
                         kl_loss = masked_mean(kl_estimate(logp, cut(ref_logp), cfg.kl_kind()), mask)
                         loss = loss + cfg.kl_coef * kl_loss
                         parts["kl_loss"] = kl_loss
-                    (loss * weight).backward()
+                    loss = loss * weight * W
+                    if ptx_loss is not None:
+                        loss = loss + cfg.ptx_coef * ptx_loss
+                        totals["ptx_loss"] += ptx_loss.item()
+                    loss.backward()
                     for k, v in parts.items():
-                        totals[k] += (v.detach() * weight).item()
-                if cfg.ptx_coef > 0:  # the SFT loss on batch (step, i) of the mixture (far fewer than 1000 steps an episode)
-                    batch = {k: v.to(self.device) for k, v in
-                             self.ptx_data.get_batch(step * 1000 + n_steps, cfg.ptx_batch_size).items()}
-                    with self.autocast():
-                        ptx = self.policy(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
-                                          attn_mask=batch["attn_mask"])
-                    (cfg.ptx_coef * ptx).backward()
-                    totals["ptx_loss"] += ptx.item()
+                        shares[k] += (v.detach() * weight).item()
                 grad_norm = optimizer_step(self.learner, self.optimizer, cfg.grad_clip)
                 if grad_norm is not None:
                     totals["grad_norm"] += grad_norm
                 n_steps += 1
-        self.learner.eval()
+        self.model.eval()
+        totals |= zip(shares, dist.sum_across_ranks(list(shares.values())))
         return {k: v / n_steps for k, v in totals.items()}
 
     def _logprobs_and_entropy(self, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,8 +439,7 @@ def fit(trainer: RLTrainer, out: str | Path, prompts_for: Callable[..., list[RLP
     def export_policy(state: dict, path: Path) -> None:  # the learner's state holds the critic and controller too
         export({k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}, path)
 
-    info = dist.DistInfo(rank=0, local_rank=0, world_size=1, device=trainer.device)
-    return run_steps(episode, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, out, info=info,
+    return run_steps(episode, trainer.learner, trainer.optimizer, trainer.scheduler, cfg, out, info=trainer.info,
                      evaluate=(lambda: evaluate(trainer.policy)) if evaluate is not None else None,
                      export=export_policy if export is not None else None, resume=resume, eval_at_start=True,
                      desc=f"rl-{cfg.algo}", show=("reward", "kl", "tokens_per_s"))
@@ -426,6 +464,18 @@ def validate(cfg: RLConfig) -> None:
         raise UserError(f"probe_n and ptx_coef must be >= 0, got {cfg.probe_n} and {cfg.ptx_coef}")
     if not 0 <= cfg.pass_min <= cfg.pass_max <= 1:
         raise UserError(f"need 0 <= pass_min <= pass_max <= 1, got pass_min={cfg.pass_min}, pass_max={cfg.pass_max}")
+
+
+def check_split(cfg: RLConfig, world_size: int) -> None:
+    """Under torchrun every rank takes an equal share of each episode's prompts and of each minibatch."""
+    if world_size == 1:
+        return
+    if (cfg.batch_size // cfg.group_size) % world_size:
+        raise UserError(f"batch_size / group_size = {cfg.batch_size // cfg.group_size} prompts per episode do not "
+                        f"divide among the {world_size} processes")
+    if cfg.minibatch_size % world_size or cfg.batch_size % cfg.minibatch_size:
+        raise UserError(f"under {world_size} processes minibatch_size ({cfg.minibatch_size}) must be a multiple of "
+                        f"{world_size} and divide batch_size ({cfg.batch_size})")
 
 
 # ---- which prompts: cells where the policy can learn ------------------------------------------------------------
@@ -536,8 +586,7 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
 
     validate(cfg)
     info = dist.setup(cfg.device)
-    if info.world_size > 1:
-        raise UserError("rl runs in one process (sampling and learning share the weights); launch it without torchrun")
+    check_split(cfg, info.world_size)
     device = info.device
     tokenizer = Tokenizer.load(policy_dir)
     policy, ref = load_model(policy_dir, device=device), load_model(policy_dir, device=device)
@@ -563,9 +612,18 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
     for task, style in cells:
         get_task(task), check_style(style)
     out = Path(out)
-    if cfg.probe_n > 0:
-        cells = choose_cells(Engine(policy, tokenizer), cells, cfg.probe_n, cfg.probe_samples, cfg.seed, cfg.max_tokens,
-                             cfg.pass_min, cfg.pass_max, out / "probe.json", reuse=resume)
+    if cfg.probe_n > 0:  # rank 0 probes and tells the others (seeded: they would find the same), errors included
+        found: list[Cell] | UserError | None = None
+        if info.is_main:
+            try:
+                found = choose_cells(Engine(policy, tokenizer), cells, cfg.probe_n, cfg.probe_samples, cfg.seed,
+                                     cfg.max_tokens, cfg.pass_min, cfg.pass_max, out / "probe.json", reuse=resume)
+            except UserError as e:
+                found = e
+        found = dist.broadcast(found)
+        if isinstance(found, UserError):
+            raise found
+        cells = found
     pool = prompt_pool(cells, cfg.train_prompts, cfg.seed)
     n_prompts = cfg.batch_size // cfg.group_size
     if len(pool) < n_prompts:
@@ -597,13 +655,17 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         ptx_data = SFTDataset(renderable(tokenizer, mixture), tokenizer, min(256, policy.config.max_position_embeddings),
                               seed=cfg.seed)
     trainer = RLTrainer(cfg, policy, tokenizer, ref, reward_fn, critic=critic, gold_fn=gold, reward_stats=reward_stats,
-                        ptx_data=ptx_data)
+                        ptx_data=ptx_data, info=info)
 
     def evaluate(model: CausalLM) -> dict:
         result = policy_eval(Engine(model, tokenizer), ref, cells, cfg.eval_n, cfg.seed)
         return {f"eval/{k}": v for k, v in result.items()}
 
-    print(f"RL ({cfg.algo}): {len(pool)} training prompts in {len(cells)} task/style cells, reward {cfg.reward}, "
-          f"{cfg.steps} episodes of {cfg.batch_size} samples")
-    return fit(trainer, out, prompts_for, evaluate=evaluate if cfg.eval_n > 0 else None, export=hf_export(policy, tokenizer),
-               resume=resume)
+    if info.is_main:
+        print(f"RL ({cfg.algo}): {len(pool)} training prompts in {len(cells)} task/style cells, reward {cfg.reward}, "
+              f"{cfg.steps} episodes of {cfg.batch_size} samples" + (f" on {info.world_size} processes" if info.world_size > 1 else ""))
+    evals = fit(trainer, out, prompts_for, evaluate=evaluate if cfg.eval_n > 0 else None,
+                export=hf_export(policy, tokenizer), resume=resume)
+    del trainer  # its DDP wrapper must go before the process group (dist.teardown)
+    dist.teardown()
+    return evals
