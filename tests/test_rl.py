@@ -292,6 +292,7 @@ def torchrun(nproc: int, args: list[str]) -> None:
     assert run.returncode == 0, run.stderr[:6000]
 
 
+@pytest.mark.slow  # torchrun launches, ~20 s each
 @pytest.mark.parametrize("algo, extra", [("ppo", ["--reward_norm=running", "--kl_target=1", "--kl_horizon=100"]),
                                          ("grpo", ["--ptx_coef=0.5", "--ptx_batch_size=2"])])
 def test_two_processes_match_one_with_the_same_global_batch(sft, tmp_path, algo, extra):

@@ -193,6 +193,10 @@ def train(
                      desc=desc, show=("train_loss", "tokens_per_s", "mfu"))
 
 
+# How the progress bar shows a logged metric: its short name and format ("mfu=42%", "tok_s=10,880").
+BAR = {"train_loss": ("loss", "{:.3f}"), "tokens_per_s": ("tok_s", "{:,.0f}"), "mfu": ("mfu", "{:.0%}"),
+       "reward": ("reward", "{:.3f}"), "kl": ("kl", "{:.3f}")}
+
 def run_steps(step_fn: Callable[[int], dict], model: nn.Module, optimizer, scheduler, cfg: TrainConfig,
               out_dir: str | Path, *, info: dist.DistInfo, evaluate: Callable[[], dict] | None = None,
               export: Callable[[dict, Path], None] | None = None, resume: bool = False, sharded: bool = False,
@@ -241,7 +245,7 @@ def run_steps(step_fn: Callable[[int], dict], model: nn.Module, optimizer, sched
             means = dist.mean_across_ranks([sum(v) / len(v) for v in window.values()])
             record = {"step": done, **dict(zip(window, means))}
             log.write(record)
-            bar.set_postfix({k: f"{record[k]:.4g}" for k in show if k in record})
+            bar.set_postfix({BAR[k][0]: BAR[k][1].format(record[k]) for k in show if k in record})
             window.clear()
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             run_eval(done)  # before the save: a checkpoint never lacks the eval of its own step
