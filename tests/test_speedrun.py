@@ -41,6 +41,11 @@ def test_smoke_speedrun_runs_every_stage_and_reruns_only_what_is_missing(tmp_pat
 
     card = (run / "report.md").read_text()
     assert "## Alignment: SFT vs PPO vs GRPO vs DPO" in card and "| ppo |" in card and "distinct-2" in card
+    opening = card.split("| stage |")[0]  # when, which code, on what, how big, how long
+    for field in ("- date: ", "- commit: ", "- machine: ", "- torch: ", "- code: ", "- wall time: "):
+        assert field in opening, field
+    assert f"- parameters (pretraining (base model)): {m['pretrain']['parameters']:,}" in opening
+    assert m["pretrain"]["parameters"] > 0
     assert all((run / "plots" / f"{s}.png").is_file() for s in ("pretrain", "sft", "rm", "ppo", "grpo", "dpo"))
     out = capsys.readouterr().out
     assert "pocketchat chat --model" in out and "pocketchat serve --model" in out

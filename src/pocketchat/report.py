@@ -7,6 +7,7 @@ reads that file and the stages' metrics.jsonl, so `pocketchat report RUN` can re
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from pocketchat.errors import UserError
@@ -103,13 +104,52 @@ def alignment_table(report: dict) -> str | None:
     return "\n".join(lines)
 
 
+ENVIRONMENT = "environment.json"
+
+
+def write_environment(run: Path) -> None:
+    """What the report card opens with, as of this invocation of the run: date, commit, machine, torch, code size."""
+    import platform
+    import subprocess
+
+    import torch
+
+    from pocketchat.hardware import machine_description
+
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    lines = sum(len(f.read_text().splitlines()) for f in source.rglob("*.py"))
+    atomic_write_json(run / ENVIRONMENT, {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": commit or "not a git checkout",
+        "machine": machine_description(), "python": platform.python_version(), "torch": torch.__version__,
+        "code_lines": lines})
+
+
+def environment_lines(run: Path, report: dict) -> list[str]:
+    """The report card's opening list: when, which code, on what, and how big the models are."""
+    path = run / ENVIRONMENT
+    env = json.loads(path.read_text()) if path.is_file() else {}
+    out = [f"- {k}: {env[k]}" for k in ("date", "commit", "machine", "torch") if k in env]
+    if "code_lines" in env:
+        out.append(f"- code: {env['code_lines']:,} lines of Python in pocketchat/")
+    params = {stage: r["metrics"]["parameters"] for stage, r in report.items()
+              if isinstance(r, dict) and "parameters" in r.get("metrics", {})}
+    out += [f"- parameters ({STAGE_TITLES.get(stage, stage).lower()}): {n:,}" for stage, n in params.items()]
+    return out
+
+
 def render(run: str | Path) -> Path:
     """Write RUN/report.md (and plots) from RUN/report.json; returns the Markdown path."""
     run = Path(run)
     report = read_report(run)
     lines = [f"# pocketchat report card: `{run.name}`", ""]
     total = sum(r.get("seconds", 0) for r in report.values() if isinstance(r, dict))
-    lines += [f"Total time: {total / 60:.1f} minutes.", "", "| stage | time | peak memory | key metrics |", "|---|---|---|---|"]
+    lines += [*environment_lines(run, report), f"- wall time: {total / 60:.1f} minutes", "",
+              "| stage | time | peak memory | key metrics |", "|---|---|---|---|"]
     for stage, r in report.items():
         keys = ", ".join(f"{k} {fmt(v)}" for k, v in r.get("metrics", {}).items() if not isinstance(v, (list, dict)))
         memory = f"{r['peak_rss_mib'] / 1024:.1f} GiB" if "peak_rss_mib" in r else ""

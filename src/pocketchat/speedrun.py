@@ -17,7 +17,7 @@ from pathlib import Path
 from pocketchat.config import apply_overrides
 from pocketchat.errors import UserError
 from pocketchat.hardware import peak_rss_mib, reset_peak_rss
-from pocketchat.report import ALIGNMENT, read_metrics, read_report, render, update_report
+from pocketchat.report import ALIGNMENT, read_metrics, read_report, render, update_report, write_environment
 
 # The SFT eval table's tasks; the compare stage picks the cells (task x style) that alignment works on from these.
 EVAL_TASKS = "add2,add,mul,word,count_letters,sort_list,units"
@@ -168,8 +168,11 @@ def stage_pretrain(run: Path, spec: dict) -> dict:
 
     out = run / "base"
     evals = pretrain(_config(PretrainConfig, P, spec), out, resume=(out / "checkpoint.pt").exists())
+    from pocketchat.lora import load_model
+
     last = _last_eval(evals, out, "val_bpb")
-    return {"path": str(out), "metrics": {"val_loss": last["val_loss"], "val_bpb": last["val_bpb"]},
+    parameters = sum(p.numel() for p in load_model(out).parameters())
+    return {"path": str(out), "metrics": {"val_loss": last["val_loss"], "val_bpb": last["val_bpb"], "parameters": parameters},
             "samples": [last.get("sample", "")]}
 
 
@@ -549,6 +552,7 @@ def speedrun(preset: str, out: str | Path, base: str | None = None, full_sft: bo
     if base and "import" in report and report["import"]["path"] != base:
         raise UserError(f"{run} holds a run from --base {report['import']['path']}, not {base}; use another --out")
     stages = BASE_STAGES if base else STAGES
+    write_environment(run)
     for i, (name, fn) in enumerate(stages, start=1):
         if name in report:
             print(f"[{i}/{len(stages)}] {name}: done earlier, skipped")
