@@ -33,9 +33,16 @@ install it in a separate virtualenv if it would change this one's transformers, 
         /tmp/trlvenv/bin/pip install -e . trl==1.10.0
 Without it the table says so and shows pocketchat alone.
 
+--algo grpo measures instead what the engine's speed-ups (issue 18: shared-prompt prefill, compiled decode) give
+a GRPO episode: batch 16 = 4 prompts x group 4, up to 64 new tokens, 2 epochs, minibatch 8, the task reward
+(the tiny RL preset's settings), this tree against the same tree with the engine of main before issue 18
+(`src/pocketchat/engine` at --old-engine, read with `git show`). Both sides run in subprocesses of their own and
+take turns (--rounds); medians of the RLTrainer's logged figures.
+
 Usage:
     python benchmarks/bench_rl.py [--model DIR] [--trl-python /tmp/trlvenv/bin/python] [--episodes 3]
                                   [--rounds 2] [--batch 16] [--response-len 53] [--epochs 4] [--threads N]
+    python benchmarks/bench_rl.py --algo grpo [--old-engine REV] [--episodes 3] [--rounds 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ import time
 from pathlib import Path
 
 TRL_VERSION = "1.10.0"
+MAIN_BEFORE_ISSUE_18 = "04167764c8dd"  # the commit whose engine --algo grpo compares against
+REPO = Path(__file__).resolve().parent.parent
 
 
 # ---- the shared setup (this process, pocketchat's environment) -------------------------------------------------
@@ -59,9 +68,8 @@ def build(root: Path, args) -> dict:
     """Policy and reward-model folders, and the prompts of every episode (the same for both sides)."""
     import torch
 
-    from pocketchat.chat import CHAT_TEMPLATE, render_prompt
+    from pocketchat.chat import CHAT_TEMPLATE
     from pocketchat.model import CausalLM, RewardModel
-    from pocketchat.tasks import mixture, prompt_messages
     from pocketchat.tokenizer import Tokenizer
 
     policy_dir, rm_dir = root / "policy", root / "rm"
@@ -79,17 +87,7 @@ def build(root: Path, args) -> dict:
     RewardModel.from_causal_lm(policy).save_pretrained(rm_dir)
 
     needed = args.batch * (args.episodes + 1) * args.rounds
-    prompts, seen = [], set()
-    for n in (200, 2000, 20000):
-        for example, style in mixture("train", n, 0, ["direct"], ["add2", "add", "sub", "mul"]):
-            ids = render_prompt(tok, prompt_messages(example, style))
-            if len(ids) <= args.max_prompt_len and tuple(ids) not in seen:
-                seen.add(tuple(ids))
-                prompts.append(ids)
-        if len(prompts) >= needed:
-            break
-    if len(prompts) < needed:
-        raise SystemExit(f"only {len(prompts)} task prompts fit in {args.max_prompt_len} tokens; {needed} needed")
+    prompts = [ids for ids, _ in task_prompts(tok, needed, args.max_prompt_len)]
     # The same prompts in the same order on both sides; TRL's dataloader shuffles within what it is given.
     per_round = args.batch * (args.episodes + 1)
     rounds = [prompts[r * per_round:(r + 1) * per_round] for r in range(args.rounds)]
@@ -99,6 +97,24 @@ def build(root: Path, args) -> dict:
     return dict(policy=str(policy_dir), rm=str(rm_dir), rounds=rounds, pad_id=tok.pad_id, params=params,
                 policy_mm=body + c.vocab_size * c.hidden_size, critic_mm=body + c.hidden_size,
                 prompt_len=statistics.mean(len(p) for p in prompts[:needed]))
+
+
+def task_prompts(tok, needed: int, max_len: int) -> list[tuple[list[int], object]]:
+    """`needed` distinct train-split arithmetic prompts of at most max_len tokens in the chat format, with their
+    examples (what the task reward checks), the same on every call."""
+    from pocketchat.chat import render_prompt
+    from pocketchat.tasks import mixture, prompt_messages
+
+    prompts, seen = [], set()
+    for n in (200, 2000, 20000):
+        for example, style in mixture("train", n, 0, ["direct"], ["add2", "add", "sub", "mul"]):
+            ids = render_prompt(tok, prompt_messages(example, style))
+            if len(ids) <= max_len and tuple(ids) not in seen:
+                seen.add(tuple(ids))
+                prompts.append((ids, example))
+        if len(prompts) >= needed:
+            return prompts[:needed]
+    raise SystemExit(f"only {len(prompts)} task prompts fit in {max_len} tokens; {needed} needed")
 
 
 def pocketchat_round(setup: dict, prompts: list[list[int]], args) -> list[dict]:
@@ -146,17 +162,21 @@ def trl_check(python: str) -> str | None:
 def trl_round(setup: dict, prompts: list[list[int]], args, root: Path, r: int) -> list[dict]:
     spec = root / f"trl-spec-{r}.json"
     result = root / f"trl-result-{r}.json"
-    spec.write_text(json.dumps(dict(policy=setup["policy"], rm=setup["rm"], prompts=prompts, pad_id=setup["pad_id"],
-                                    batch=args.batch, micro_batch=args.micro_batch, epochs=args.epochs,
-                                    response_len=args.response_len, episodes=args.episodes + 1, lr=args.lr,
-                                    dtype=args.dtype, threads=args.threads, out=str(root / f"trl-out-{r}"),
-                                    result=str(result))))
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    p = subprocess.run([args.trl_python, __file__, "--trl-worker", str(spec)], capture_output=True, text=True, env=env)
+    return run_worker(args.trl_python, "--trl-worker", spec, result, env, dict(
+        policy=setup["policy"], rm=setup["rm"], prompts=prompts, pad_id=setup["pad_id"], batch=args.batch,
+        micro_batch=args.micro_batch, epochs=args.epochs, response_len=args.response_len, episodes=args.episodes + 1,
+        lr=args.lr, dtype=args.dtype, threads=args.threads, out=str(root / f"trl-out-{r}"), result=str(result)))
+
+
+def run_worker(python: str, kind: str, spec: Path, result: Path, env: dict, settings: dict) -> list[dict]:
+    """Run this script as a worker of `kind` on `settings`; its per-episode figures, less the warm-up episode."""
+    spec.write_text(json.dumps(settings))
+    p = subprocess.run([python, __file__, kind, str(spec)], capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        raise RuntimeError(f"the TRL worker failed ({p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}")
+        raise RuntimeError(f"the {kind} process failed ({p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}")
     return json.loads(result.read_text())[1:]  # the first episode warms up
 
 
@@ -224,6 +244,96 @@ def trl_worker(spec_file: str) -> None:
     Path(spec["result"]).write_text(json.dumps(episodes))
 
 
+# ---- GRPO: this tree vs main's engine before issue 18 (subprocesses) -------------------------------------------
+
+GROUP, GRPO_TOKENS, GRPO_EPOCHS, GRPO_MINIBATCH = 4, 64, 2, 8  # the tiny RL preset's settings
+
+
+def old_engine_tree(root: Path, rev: str) -> Path:
+    """A copy of this tree's package with `engine/` as it was at `rev`: the old side differs in the engine only."""
+    import shutil
+
+    tree = root / "old-engine"
+    shutil.copytree(REPO / "src" / "pocketchat", tree / "pocketchat", ignore=shutil.ignore_patterns("__pycache__"))
+    engine = tree / "pocketchat" / "engine"
+    shutil.rmtree(engine)
+    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, check=True).stdout
+    for path in git("ls-tree", "-r", "--name-only", rev, "src/pocketchat/engine").split():
+        target = tree / path.removeprefix("src/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(git("show", f"{rev}:{path}"))
+    return tree
+
+
+def grpo_round(setup: dict, prompts: int, args, root: Path, name: str, tree: Path, r: int) -> list[dict]:
+    spec, result = root / f"grpo-spec-{name}-{r}.json", root / f"grpo-result-{name}-{r}.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(Path(__file__).parent)])}
+    return run_worker(sys.executable, "--grpo-worker", spec, result, env, dict(
+        policy=setup["policy"], offset=prompts, batch=args.batch, episodes=args.episodes + 1, threads=args.threads,
+        dtype=args.dtype, max_prompt_len=args.max_prompt_len, result=str(result)))
+
+
+def grpo_worker(spec_file: str) -> None:
+    """GRPO episodes with whichever `pocketchat` PYTHONPATH gives this process."""
+    spec = json.loads(Path(spec_file).read_text())
+    import torch
+
+    from pocketchat.model import CausalLM
+    from pocketchat.tokenizer import Tokenizer
+    from pocketchat.train.rl import RLConfig, RLPrompt, RLTrainer, task_reward
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    B, n = spec["batch"], spec["episodes"]
+    cfg = RLConfig(algo="grpo", steps=n, batch_size=B, group_size=GROUP, minibatch_size=GRPO_MINIBATCH,
+                   micro_batch_size=GRPO_MINIBATCH, max_tokens=GRPO_TOKENS, epochs=GRPO_EPOCHS, lr=1e-5,
+                   warmup_steps=0, schedule="constant", dtype=spec["dtype"], device="cpu", eval_every=0,
+                   save_every=0, log_every=1, eval_n=0)
+    tok = Tokenizer.load(spec["policy"])
+    policy, ref = CausalLM.from_pretrained(spec["policy"]), CausalLM.from_pretrained(spec["policy"])
+    trainer = RLTrainer(cfg, policy, tok, ref, task_reward(0.0))
+    per = B // GROUP
+    pool = task_prompts(tok, spec["offset"] + per * n, spec["max_prompt_len"])[spec["offset"]:]
+    out = []
+    for step in range(n):
+        m = trainer.step(step, [RLPrompt(ids, example=ex, style="direct") for ids, ex in pool[step * per:(step + 1) * per]])
+        out.append(dict(episode_s=m["episode_s"], rollout_s=m["length"] * B / m["rollout_tokens_per_s"],
+                        rollout_tps=m["rollout_tokens_per_s"], length=m["length"]))
+    Path(spec["result"]).write_text(json.dumps(out))
+
+
+def grpo_main(args) -> None:
+    import torch
+
+    sides = {"this tree": REPO / "src", f"main's engine before issue 18 ({args.old_engine})": None}
+    results = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        setup = build(root, args)
+        sides[f"main's engine before issue 18 ({args.old_engine})"] = old_engine_tree(root, args.old_engine)
+        per_round = args.batch // GROUP * (args.episodes + 1)
+        for r in range(args.rounds):
+            for i, (name, tree) in reversed(list(enumerate(sides.items()))) if r % 2 else enumerate(sides.items()):
+                results[name] += grpo_round(setup, r * per_round, args, root, f"side{i}", tree, r)  # turns alternate
+                print(f"  round {r + 1}: {name} {statistics.median(e['episode_s'] for e in results[name][-args.episodes:]):.3f} "
+                      f"s/episode", flush=True)
+    med = lambda name, key: statistics.median(e[key] for e in results[name])
+    load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nGRPO, tiny preset shape, random weights ({setup['params'] / 1e6:.1f} M params), batch {args.batch} = "
+          f"{args.batch // GROUP} prompts x group {GROUP}, <= {GRPO_TOKENS} new tokens, {GRPO_EPOCHS} epochs, minibatch "
+          f"{GRPO_MINIBATCH}, task reward, {args.dtype}, {torch.get_num_threads()} torch threads, {args.rounds} rounds x "
+          f"{args.episodes} measured episodes per side, medians; load average at the end: {load_avg}\n")
+    print("| engine | episodes | s per episode | rollout s | rollout tok/s | rest of the episode s | mean response tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in sides:
+        print(f"| {name} | {len(results[name])} | {med(name, 'episode_s'):.3f} | {med(name, 'rollout_s'):.3f} | "
+              f"{med(name, 'rollout_tps'):.0f} | {med(name, 'episode_s') - med(name, 'rollout_s'):.3f} | "
+              f"{statistics.mean(e['length'] for e in results[name]):.1f} |")
+    new, old = sides
+    print(f"\nthis tree / old engine, time per episode: {med(new, 'episode_s') / med(old, 'episode_s'):.2f} "
+          f"(rollout {med(new, 'rollout_s') / med(old, 'rollout_s'):.2f})")
+
+
 # ---- the table ------------------------------------------------------------------------------------------------
 
 def update_gflops(e: dict, setup: dict, args) -> float:
@@ -247,6 +357,8 @@ def summary(name: str, episodes: list[dict], setup: dict, args) -> dict:
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--trl-worker":
         return trl_worker(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--grpo-worker":
+        return grpo_worker(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a checkpoint folder for the policy (default: random weights, tiny preset shape)")
     ap.add_argument("--trl-python", default=sys.executable, help="a Python with trl==1.10.0 (default: this one)")
@@ -261,7 +373,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch's default)")
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--algo", default="ppo", choices=["ppo", "grpo"], help="grpo: this tree vs --old-engine (no TRL)")
+    ap.add_argument("--old-engine", default=MAIN_BEFORE_ISSUE_18, help="the commit whose engine --algo grpo runs")
     args = ap.parse_args()
+    if args.algo == "grpo":
+        return grpo_main(args)
     if args.batch % args.micro_batch:
         raise SystemExit(f"--batch {args.batch} must be a multiple of --micro-batch {args.micro_batch}")
     import torch

@@ -16,7 +16,9 @@ prefill: the prompt goes through the model once and its cache rows are copied to
 `Engine(compile=True)` runs the plain decode step as one `torch.compile`d function over the whole cache (the
 approach of PyTorch's gpt-fast): the step writes its token at a slot given as a tensor and attends to every
 slot under the valid mask, so its shapes and code are the same at every step and it compiles once per batch
-layout, not once per length. It pays after a few thousand steps (RL, a server); the eager step is the default.
+layout, not once per length. It is opt-in: on the development machine's CPU it does not pay (README, "Measured":
+inductor turns the in-place cache write and the key/value head expansion into copies of each layer's whole cache
+at every step, which costs more than the fused small ops save), so the eager step is the default.
 """
 
 from __future__ import annotations
@@ -151,8 +153,8 @@ class _SlotWrite:
         self.k, self.v, self.valid, self.at = k, v, valid, at
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer_idx].index_copy_(2, self.at, k)
-        self.v[layer_idx].index_copy_(2, self.at, v)
+        self.k[layer_idx, :, :, self.at] = k
+        self.v[layer_idx, :, :, self.at] = v
         return self.k[layer_idx], self.v[layer_idx]
 
 
