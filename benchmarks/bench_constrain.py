@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pocketchat.chat import render_prompt
 from pocketchat.data.corpus import embedded_documents
 from pocketchat.engine.constrain import choice_processor, json_schema_processor, regex_processor
 from pocketchat.errors import UserError
@@ -125,8 +126,8 @@ def validity(model_dir: str, n: int) -> list[tuple]:
             reference = json.loads(conv[1]["content"])
             schema = schema_of(reference)
             processor = json_schema_processor(engine.tokenizer, schema) if constrained else None
-            out = engine.chat(conv[:1], SamplingParams(temperature=0.7, max_tokens=96, seed=i,
-                                                       logits_processor=processor))
+            out = engine.generate([render_prompt(engine.tokenizer, conv[:1])], SamplingParams(
+                temperature=0.7, max_tokens=96, seed=i, logits_processor=processor))[0]
             tokens += len(out.token_ids)
             try:
                 jsonschema.validate(json.loads(out.text), schema)

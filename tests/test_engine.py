@@ -259,14 +259,6 @@ def test_tool_call_not_allowed_finishes_with_tool_calls(engine, tok, monkeypatch
     assert out.text == '<tool_call>{"name":"calculator"}</tool_call>'
 
 
-def test_chat_renders_the_conversation(engine, tok):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
-    params = SamplingParams(temperature=0, max_tokens=10)
-    assert engine.chat(messages, params) == engine.generate([render_prompt(tok, messages)], params)[0]
-    with pytest.raises(UserError, match="unknown role"):
-        engine.chat([{"role": "robot", "content": "hi"}])
-
-
 def test_bf16_engine_generates(model, tok):
     bf16 = CausalLM(model.config)
     bf16.load_state_dict(model.state_dict())

@@ -11,7 +11,6 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -129,8 +128,6 @@ def test_strategies_reach_a_model_only_through_the_llm_interface():
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: engine/generate.py still renders the ChatML tool turn itself; "
-                                       "drop this mark when the chat format supplies it")
 def test_engine_knows_tokens_and_tools_not_the_chat_format():
     wrong = {m: "pocketchat.chat" for m in MODULES
              if m.startswith("pocketchat.engine") and "pocketchat.chat" in IMPORTS[m]}

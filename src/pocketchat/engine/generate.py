@@ -28,7 +28,6 @@ from typing import Iterator, Sequence
 
 import torch
 
-from pocketchat.chat import render_prompt
 from pocketchat.engine.sampling import Sampler, SamplingParams
 from pocketchat.engine.toolcalls import run_tool_call
 from pocketchat.errors import UserError
@@ -320,10 +319,6 @@ class Engine:
         params = params or SamplingParams()
         self.check_prompt(prompt, "prompt")
         yield from self._run([self.new_row(prompt, params, track_text=True)], stream=True)
-
-    def chat(self, messages: list[dict], params: SamplingParams | None = None) -> Completion:
-        """Answer a conversation (OpenAI-style messages), rendered with the tokenizer's chat template."""
-        return self.generate([render_prompt(self.tokenizer, messages)], params)[0]
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
