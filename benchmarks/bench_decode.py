@@ -50,7 +50,7 @@ def tiny_folder(root: Path) -> tuple[Path, Tokenizer]:
     p = PRESETS["tiny"]
     config = ModelConfig(**{k: p[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                               "num_attention_heads", "num_key_value_heads")},
-                         max_position_embeddings=p["seq_len"])
+                         max_position_embeddings=PROMPT_LEN + LONG)  # the preset's 256 would cut the long run short
     torch.manual_seed(0)
     CausalLM(config).save_pretrained(root / "tiny")
     return root / "tiny", Tokenizer.train([__doc__ * 10], vocab_size=300)
