@@ -303,34 +303,31 @@ class OpenAILLM(ChatBackend):
         except IndexError:
             raise UserError(f"{self.base_url} lists no models; pass the model name") from None
 
-    def _sample_text(self, prompt, n, temperature, max_tokens, stop, seed):
+    def _collect(self, n: int, seed: int | None, create, read) -> list[_Raw]:
+        """n choices: create(k, seed) asks for k more (servers that ignore n return fewer, so ask again); read(choice)
+        gives its (text, calls). A response's completion tokens are split evenly over its choices."""
         raws: list[_Raw] = []
-        while len(raws) < n:  # /v1/completions; servers that ignore n are asked again, as in _sample
-            response = self._call(lambda: self.client.completions.create(
-                model=self.model, prompt=prompt, n=n - len(raws), temperature=temperature, max_tokens=max_tokens,
-                stop=stop or None, seed=None if seed is None else seed + len(raws)))
+        while len(raws) < n:
+            response = self._call(lambda: create(n - len(raws), None if seed is None else seed + len(raws)))
             if not response.choices:
                 raise UserError(f"{self.base_url} returned no choices")
             usage = response.usage
             share, extra_tokens = divmod(usage.completion_tokens if usage else 0, len(response.choices))
-            raws += [_Raw(choice.text, [], share + (k < extra_tokens), (usage.prompt_tokens if usage else 0) if k == 0 else 0,
-                          choice.finish_reason) for k, choice in enumerate(response.choices)]
-        return raws[:n]
-
-    def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
-        raws: list[_Raw] = []
-        while len(raws) < n:
-            extra = {"tools": tools} if tools else {}
-            response = self._call(lambda: self.client.chat.completions.create(
-                model=self.model, messages=messages, n=n - len(raws), temperature=temperature, max_tokens=max_tokens,
-                stop=stop or None, seed=None if seed is None else seed + len(raws), **extra))
-            if not response.choices:
-                raise UserError(f"{self.base_url} returned no choices")
-            usage = response.usage
-            completion = usage.completion_tokens if usage else 0
-            share, extra_tokens = divmod(completion, len(response.choices))
             for k, choice in enumerate(response.choices):
-                calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
-                raws.append(_Raw(choice.message.content or "", calls, share + (k < extra_tokens),
+                text, calls = read(choice)
+                raws.append(_Raw(text, calls, share + (k < extra_tokens),
                                  (usage.prompt_tokens if usage else 0) if k == 0 else 0, choice.finish_reason))
         return raws[:n]
+
+    def _sample_text(self, prompt, n, temperature, max_tokens, stop, seed):
+        return self._collect(n, seed, lambda k, s: self.client.completions.create(
+            model=self.model, prompt=prompt, n=k, temperature=temperature, max_tokens=max_tokens, stop=stop or None,
+            seed=s), lambda choice: (choice.text, []))
+
+    def _sample(self, messages, n, temperature, max_tokens, stop, seed, tools):
+        extra = {"tools": tools} if tools else {}
+        return self._collect(n, seed, lambda k, s: self.client.chat.completions.create(
+            model=self.model, messages=messages, n=k, temperature=temperature, max_tokens=max_tokens,
+            stop=stop or None, seed=s, **extra),
+            lambda choice: (choice.message.content or "",
+                            [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]))
