@@ -53,7 +53,7 @@ import torch
 from pocketchat.errors import UserError
 from pocketchat.strategies.consistency import tally
 from pocketchat.strategies.llm import LocalLLM, OpenAILLM, Usage
-from pocketchat.stats import paired_test
+from pocketchat.stats import binomial_two_sided, paired_test
 from pocketchat.strategies.run import Settings, demonstrations, solve_all, summarize, task_problems
 
 SECTIONS = ("direct", "cot", "expert", "sc", "tool", "tot", "rag", "dialogue")
@@ -68,15 +68,6 @@ def wilson(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = right / n
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test (McNemar) on the instances two strategies disagree on."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 # -- one model ------------------------------------------------------------------------------------------------
@@ -255,7 +246,7 @@ def compare(a: dict, b: dict) -> str:
     wins = sum(x and not y for x, y in zip(a["correct"], b["correct"]))
     losses = sum(y and not x for x, y in zip(a["correct"], b["correct"]))
     return (f"{a['label']} {a['accuracy']:.1%} vs {b['label']} {b['accuracy']:.1%} "
-            f"({wins} won, {losses} lost; sign test p = {sign_test(wins, losses):.2f})")
+            f"({wins} won, {losses} lost; sign test p = {binomial_two_sided(wins, wins + losses):.2f})")
 
 
 def targets(rows: list[dict], tasks: list[str], base_rows: list[dict] = ()) -> list[str]:
