@@ -139,7 +139,7 @@ def test_packed_rows_hold_each_conversation_once_with_correct_targets(tok):
     ds = SFTDataset(convs, tok, seq_len=320, seed=1)
     assert ds.truncated == ds.dropped == 0 and ds.num_conversations == 60
     assert len(ds) < 60  # several conversations share a row
-    batch = ds.batch_rows(range(len(ds)))
+    batch = ds.batch(range(len(ds)))
     rendered = {tuple(render(tok, c)[0][:-1]): c for c in convs}  # inputs: all tokens but the last
     found = []
     for b in range(len(ds)):
@@ -172,7 +172,7 @@ def test_packed_forward_equals_each_conversation_alone(tok):
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                  max_position_embeddings=192)).eval()
     ds = SFTDataset(conversations(8, seed=5), tok, seq_len=192)
-    batch = ds.batch_rows(range(len(ds)))
+    batch = ds.batch(range(len(ds)))
     with torch.no_grad():
         packed = model(batch["input_ids"], position_ids=batch["position_ids"], attn_mask=batch["attn_mask"])
         checked = 0
@@ -197,7 +197,7 @@ def test_truncation_keeps_the_beginning_and_drops_untrainable(tok):
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     ds = SFTDataset([long_answer, long_prompt, short], tok, seq_len=32)
     assert (ds.truncated, ds.dropped, ds.num_conversations) == (2, 1, 2)
-    batch = ds.batch_rows(range(len(ds)))
+    batch = ds.batch(range(len(ds)))
     ids, _ = render(tok, long_answer)
     row = next(b for b in range(len(ds)) if batch["input_ids"][b, :5].tolist() == ids[:5])
     assert batch["input_ids"][row].tolist() == ids[:32] and batch["targets"][row, -1].item() == ids[32]
@@ -221,7 +221,7 @@ def test_batches_are_a_function_of_seed_and_step(tok):
     # one epoch visits every row once; the next epoch is a different order
     epoch0 = torch.cat([a.get_batch(s, batch_size=1)["input_ids"] for s in range(n)])
     epoch1 = torch.cat([a.get_batch(s, batch_size=1)["input_ids"] for s in range(n, 2 * n)])
-    all_rows = a.batch_rows(range(n))["input_ids"]
+    all_rows = a.batch(range(n))["input_ids"]
     key = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
     assert key(epoch0) == key(all_rows) == key(epoch1) and not torch.equal(epoch0, epoch1)
     other = SFTDataset(convs, tok, seq_len=64, seed=6)

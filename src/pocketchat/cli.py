@@ -417,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="embedded", help="embedded | folder of .txt | .txt | .jsonl | .parquet")
     s.add_argument("--text-field", default="text")
     s.add_argument("--vocab-size", type=int, default=4096)
+    def training_stage(name: str, help: str, func, example: str = ""):
+        """A stage that trains a run folder: presets, config fields as extra --key=value, --out, --resume."""
+        s = stage(name, f"{help} (extra --key=value set config fields{', e.g. ' + example if example else ''})")
+        s.add_argument("--out", required=True, help="run folder: HF checkpoint, metrics.jsonl, checkpoint.pt")
+        s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        s.set_defaults(func=func, preset="tiny")
+        return s
+
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_tokenizer)
 
@@ -428,25 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_data)
 
-    s = stage("pretrain", "stage 1: train a base model on raw text (extra --key=value set config fields)")
-    s.add_argument("--out", required=True, help="run folder: HF checkpoint, metrics.jsonl, checkpoint.pt")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_pretrain, preset="tiny")
+    training_stage("pretrain", "stage 1: train a base model on raw text", cmd_pretrain)
 
-    s = stage("sft", "stage 2: supervised finetuning on conversations (extra --key=value set config fields)")
+    s = training_stage("sft", "stage 2: supervised finetuning on conversations", cmd_sft)
     s.add_argument("--model", required=True, help="base model: a run folder or any local Llama-architecture HF folder")
     s.add_argument("--data", nargs="+", help="JSONL files of {'messages': [...]} or ShareGPT records (default: the embedded mixture)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--resume", action="store_true")
-    s.set_defaults(func=cmd_sft, preset="tiny")
 
-    s = stage("rl", "stage 4: PPO or GRPO from an SFT model on a KL leash (extra --key=value set config fields)")
+    s = training_stage("rl", "stage 4: PPO or GRPO from an SFT model on a KL leash", cmd_rl)
     s.add_argument("--algo", required=True, choices=("ppo", "grpo"))
     s.add_argument("--policy", required=True, help="the SFT model (also the frozen KL reference)")
     s.add_argument("--reward", default="task", help="`task` (the task checker) or a reward-model folder (pocketchat rm)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--resume", action="store_true")
-    s.set_defaults(func=cmd_rl, preset="tiny")
 
     s = stage("compare", "sample k replies per task prompt, rank them (program or person), write comparison JSONL", presets=False)
     s.add_argument("--model", required=True, help="the SFT model that samples the replies")
@@ -465,12 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_compare)
 
-    s = stage("rm", "stage 3: train a reward model on comparisons (extra --key=value set config fields, e.g. --eval_data)")
+    s = training_stage("rm", "stage 3: train a reward model on comparisons", cmd_rm, "--eval_data")
     s.add_argument("--model", required=True, help="the SFT model whose body the reward model starts from")
     s.add_argument("--data", nargs="+", required=True, help="comparison JSONL files (pocketchat compare, HH-RLHF, ...)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--resume", action="store_true")
-    s.set_defaults(func=cmd_rm, preset="tiny")
 
     s = stage("score", "print a reward model's score of each conversation in a JSONL of {'messages': [...]}", presets=False)
     s.add_argument("--rm", required=True, help="a reward-model folder (pocketchat rm)")
@@ -478,12 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_score)
 
-    s = stage("dpo", "direct preference optimisation of an SFT model on comparisons (extra --key=value set config fields)")
+    s = training_stage("dpo", "direct preference optimisation of an SFT model on comparisons", cmd_dpo)
     s.add_argument("--model", required=True, help="the SFT model (also the frozen reference)")
     s.add_argument("--data", nargs="+", required=True, help="comparison JSONL files")
-    s.add_argument("--out", required=True)
-    s.add_argument("--resume", action="store_true")
-    s.set_defaults(func=cmd_dpo, preset="tiny")
 
     s = stage("eval", "task accuracy on held-out instances of the verifiable tasks", presets=False)
     s.add_argument("--model", required=True)

@@ -13,8 +13,7 @@ attention mask, and `position_ids` that restart at 0 for each conversation, as i
 from __future__ import annotations
 
 import bisect
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 from pathlib import Path
@@ -23,7 +22,9 @@ import numpy as np
 import torch
 
 from pocketchat.chat import render, validate
+from pocketchat.data.epochs import EpochBatches
 from pocketchat.errors import UserError
+from pocketchat.files import BLANK, json_line
 from pocketchat.tokenizer import Tokenizer
 
 IGNORE = -100  # target value that takes no loss (cross_entropy's ignore_index)
@@ -89,17 +90,9 @@ def read_jsonl(path, parse: Callable[[object], T], skip_bad: bool, what: str) ->
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise UserError(f"not valid UTF-8 (byte {e.start})") from e
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"invalid JSON: {e.msg} (column {e.colno})") from e
-                items.append(parse(record))
+                record = json_line(raw)
+                if record is not BLANK:
+                    items.append(parse(record))
             except UserError as e:
                 message = f"{path}:{lineno}: {e}"
                 if not skip_bad:
@@ -149,7 +142,7 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-class SFTDataset:
+class SFTDataset(EpochBatches):
     """Conversations rendered, truncated and packed into rows of `seq_len` (input, target) positions.
 
     A conversation of n tokens gives n - 1 positions: inputs ids[:-1], targets ids[1:] with IGNORE wherever
@@ -157,10 +150,8 @@ class SFTDataset:
     longer than seq_len + 1 tokens keeps its first seq_len + 1 (the prompt survives, the end of the last
     answer is cut); one left with no trained target is dropped. Both are counted (.truncated, .dropped).
 
-    Rows are packed once, best-fit over the conversations shuffled by `seed`. The batch of a training step
-    is a pure function of (seed, step): the row stream is epoch after epoch, each a permutation of all rows
-    seeded by (seed, epoch), and step s takes the next batch_size rows of it. So resuming at step s gives
-    exactly the batches an uninterrupted run would have seen.
+    Rows are packed once, best-fit over the conversations shuffled by `seed`; a training step's batch is a pure
+    function of (seed, step), epoch after epoch of seeded permutations of the rows (`EpochBatches`).
     """
 
     def __init__(self, conversations: Sequence[list[dict]], tokenizer: Tokenizer, seq_len: int, seed: int = 0):
@@ -189,7 +180,6 @@ class SFTDataset:
         self._inputs, self._targets = inputs, targets
         order = np.random.default_rng([seed]).permutation(len(inputs))
         self.rows = [[int(order[i]) for i in row] for row in pack([len(inputs[i]) for i in order], seq_len)]
-        self._epoch_perm: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -201,7 +191,7 @@ class SFTDataset:
     def trained_tokens(self) -> int:
         return int(sum((t != IGNORE).sum() for t in self._targets))
 
-    def batch_rows(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    def batch(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
         """The given rows as tensors: input_ids, targets, position_ids, doc_ids [B, T] and attn_mask [B,1,T,T]."""
         B, T = len(rows), self.seq_len
         input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
@@ -221,25 +211,3 @@ class SFTDataset:
         doc = torch.from_numpy(doc_ids)
         return {"input_ids": torch.from_numpy(input_ids), "targets": torch.from_numpy(targets),
                 "position_ids": torch.from_numpy(position_ids), "doc_ids": doc, "attn_mask": block_causal_mask(doc)}
-
-    def _row_at(self, position: int) -> int:
-        """Row at `position` of the endless stream of per-epoch permutations."""
-        epoch, i = divmod(position, len(self.rows))
-        if self._epoch_perm is None or self._epoch_perm[0] != epoch:
-            self._epoch_perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.rows)))
-        return int(self._epoch_perm[1][i])
-
-    def get_batch(self, step: int, batch_size: int, index: int = 0, count: int = 1) -> dict[str, torch.Tensor]:
-        """The index-th of `count` equal slices of step's global batch of batch_size rows (the training loop's
-        `get_batch(step, index, count)` contract, with batch_size bound)."""
-        if batch_size % count:
-            raise UserError(f"batch_size {batch_size} is not divisible into {count} slices")
-        per = batch_size // count
-        start = step * batch_size + index * per
-        return self.batch_rows([self._row_at(p) for p in range(start, start + per)])
-
-    def eval_batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Every row once, in packing order: the same batches on every call (for validation loss)."""
-        for i in range(0, len(self.rows), batch_size):
-            yield self.batch_rows(range(i, min(i + batch_size, len(self.rows))))
-

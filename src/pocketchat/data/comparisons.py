@@ -29,14 +29,14 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from pocketchat.chat import render, validate
 from pocketchat.data.chat import read_jsonl
+from pocketchat.data.epochs import EpochBatches
 from pocketchat.errors import UserError
 from pocketchat.tokenizer import Tokenizer
 
@@ -215,7 +215,7 @@ def _fit(ids: list[int], mask: list[int], reply_start: int, seq_len: int) -> tup
     return (ids[cut:], mask[cut:]) if cut <= reply_start else None
 
 
-class PairDataset:
+class PairDataset(EpochBatches):
     """Comparisons as token pairs, batched for the training loop.
 
     A batch of b pairs is one tensor of 2b right-padded rows, chosen rows first then rejected:
@@ -224,8 +224,8 @@ class PairDataset:
     log-probs). The pad token is the tokenizer's own (<|pad|>, distinct from the end-of-turn token), so a
     reader that looks for the last non-pad token (transformers) finds the same position.
 
-    As in SFTDataset, the batch of a step is a pure function of (seed, step): epoch after epoch of seeded
-    permutations, so `--resume` sees the batches an uninterrupted run would have."""
+    As in SFTDataset, the batch of a step is a pure function of (seed, step) (`EpochBatches`), so `--resume`
+    sees the batches an uninterrupted run would have."""
 
     def __init__(self, comparisons: Sequence[Comparison], tokenizer: Tokenizer, seq_len: int, seed: int = 0):
         self.seq_len, self.seed = seq_len, seed
@@ -247,7 +247,6 @@ class PairDataset:
             self.pairs.append(TokenizedPair(ci, cm, ri, rm, c.margin or 0.0))
         if not self.pairs:
             raise UserError(f"no comparison fits in seq_len={seq_len}")
-        self._epoch_perm: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -266,24 +265,6 @@ class PairDataset:
                 "completion_mask": completion_mask, "margin": torch.tensor([p.margin for p in pairs]),
                 "pair_index": torch.tensor(list(indices))}
 
-    def _pair_at(self, position: int) -> int:
-        epoch, i = divmod(position, len(self.pairs))
-        if self._epoch_perm is None or self._epoch_perm[0] != epoch:
-            self._epoch_perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs)))
-        return int(self._epoch_perm[1][i])
-
-    def get_batch(self, step: int, batch_size: int, index: int = 0, count: int = 1) -> dict[str, torch.Tensor]:
-        """The index-th of `count` equal slices of step's global batch of batch_size pairs."""
-        if batch_size % count:
-            raise UserError(f"batch_size {batch_size} is not divisible into {count} slices")
-        per = batch_size // count
-        start = step * batch_size + index * per
-        return self.batch([self._pair_at(p) for p in range(start, start + per)])
-
-    def eval_batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Every pair once, in order."""
-        for i in range(0, len(self.pairs), batch_size):
-            yield self.batch(range(i, min(i + batch_size, len(self.pairs))))
 
 
 def train_and_held_out(data: str, eval_data: str, val_fraction: float, seed: int, skip_bad: bool,

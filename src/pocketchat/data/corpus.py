@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pocketchat.data.drill import drill_documents
 from pocketchat.errors import UserError
+from pocketchat.files import BLANK, json_line
 
 SPLITS = ("train", "val")
 VAL_FRACTION = 0.05
@@ -176,15 +177,11 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(f"{where}: not valid UTF-8 at column {e.start + 1}") from e
-            if not line.strip():
+                record = json_line(raw)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from e
+            if record is BLANK:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: invalid JSON: {e.msg} at column {e.colno}") from e
             if not isinstance(record, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
             if text_field not in record:

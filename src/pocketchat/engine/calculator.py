@@ -7,7 +7,7 @@ import math
 import operator
 from collections.abc import Callable
 
-from pocketchat.engine.tools import Tool, tool_error
+from pocketchat.engine.tools import Tool, one_string_argument, tool_error
 
 CALC_MAX_CHARS = 200
 CALC_MAX_DEPTH = 100  # syntax-tree depth; keeps the recursive evaluator far from Python's recursion limit
@@ -114,8 +114,6 @@ CALCULATOR = Tool(
     name="calculator",
     description="Evaluate an arithmetic expression exactly, e.g. 37*12 or (2.5+1)**2/3. "
                 "Supports + - * / // % **, parentheses, pi, e, sqrt, abs, round, min, max.",
-    parameters={"type": "object",
-                "properties": {"expression": {"type": "string", "description": "the arithmetic expression"}},
-                "required": ["expression"], "additionalProperties": False},
+    parameters=one_string_argument("expression", "the arithmetic expression"),
     fn=calculate,
 )

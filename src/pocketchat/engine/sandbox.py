@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pocketchat.engine import sandbox_child
 from pocketchat.engine.sandbox_child import SANDBOX_ID
-from pocketchat.engine.tools import MAX_ERROR_CHARS, Tool, tool_error
+from pocketchat.engine.tools import MAX_ERROR_CHARS, Tool, one_string_argument, tool_error
 
 CHILD_PROGRAM = Path(sandbox_child.__file__)  # run as a script in the child, not imported there
 
@@ -152,8 +152,6 @@ PYTHON = Tool(
     name="python",
     description="Run Python code (standard library only) and return what it prints; the value of a final "
                 "expression is printed too. 5 s time limit, no network, no files outside the current directory.",
-    parameters={"type": "object",
-                "properties": {"code": {"type": "string", "description": "the Python program"}},
-                "required": ["code"], "additionalProperties": False},
+    parameters=one_string_argument("code", "the Python program"),
     fn=run_python,
 )

@@ -50,6 +50,12 @@ def _argument_problem(arguments: object, schema: dict) -> str | None:
     return None
 
 
+def one_string_argument(name: str, description: str | None = None) -> dict:
+    """The JSON schema of an arguments object holding one required string (what every built-in tool takes)."""
+    prop = {"type": "string"} | ({"description": description} if description else {})
+    return {"type": "object", "properties": {name: prop}, "required": [name], "additionalProperties": False}
+
+
 @dataclass(frozen=True)
 class Tool:
     """A function a model may call: the OpenAI function-tool description plus the code behind it."""

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from pocketchat.engine.calculator import CALCULATOR
 from pocketchat.engine.sandbox import PYTHON
-from pocketchat.engine.tools import Tool
+from pocketchat.engine.tools import Tool, one_string_argument
 from pocketchat.errors import UserError
 from pocketchat.strategies.llm import LLM, Metered, Result
 
@@ -76,9 +76,7 @@ def retrieval_tool(retriever: Retriever, k: int = 3) -> Tool:
         return "\n".join(f"[{i}] {text}" for i, text in enumerate(hits, 1)) or "No results."
 
     return Tool(name="search", description="Search the documents; returns the most relevant passages.",
-                parameters={"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"],
-                            "additionalProperties": False},
-                fn=search)
+                parameters=one_string_argument("query"), fn=search)
 
 
 DEFAULT_TOOLS = (CALCULATOR, PYTHON)
