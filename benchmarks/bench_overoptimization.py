@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from pocketchat.alignment_eval import held_out_cases, sample_cases, sampled_token_stats
+from pocketchat.chat import tool_turn_renderer
 from pocketchat.engine import Engine
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.lora import load_model
@@ -34,7 +35,8 @@ from pocketchat.train.rl import PRESETS, RLConfig, run as run_rl
 
 def held_out_point(policy_dir: Path, sft, rm, cells, n: int, seed: int) -> dict:
     """RM reward, gold and KL of one sample per held-out case."""
-    engine = Engine(load_model(policy_dir).eval(), Tokenizer.load(policy_dir))
+    tokenizer = Tokenizer.load(policy_dir)
+    engine = Engine(load_model(policy_dir).eval(), tokenizer, tool_turn=tool_turn_renderer(tokenizer))
     cases = held_out_cases(cells, n, seed, "select")
     prompts, completions = sample_cases(engine, cases, seed)
     kl, _ = sampled_token_stats(engine, prompts, completions, sft)

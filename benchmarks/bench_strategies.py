@@ -113,7 +113,7 @@ def sc_rows(sc: dict, problems, ks: list[int]) -> list[dict]:
 def has_native_tools(llm) -> bool:
     if not isinstance(llm, LocalLLM):
         return True  # an endpoint takes OpenAI `tools`
-    return llm.engine.tool_open is not None and llm.engine.tool_close is not None
+    return llm.engine.can_run_tools
 
 
 def bench_model(llm, args, ks: list[int]) -> list[dict]:
@@ -279,6 +279,7 @@ def targets(rows: list[dict], tasks: list[str], base_rows: list[dict] = ()) -> l
 def load_llm(spec: str, kind: str, args):
     if kind == "endpoint":
         return OpenAILLM(spec, args.model_name), spec
+    from pocketchat.chat import tool_turn_renderer
     from pocketchat.engine import Engine
     from pocketchat.hardware import cpu_has_native_bf16, resolve_device
     from pocketchat.lora import load_model
@@ -291,7 +292,8 @@ def load_llm(spec: str, kind: str, args):
     else:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = load_model(spec, device=device).eval()
-    engine = Engine(model, Tokenizer.load(spec), dtype=dtype)
+    tokenizer = Tokenizer.load(spec)
+    engine = Engine(model, tokenizer, dtype=dtype, tool_turn=tool_turn_renderer(tokenizer))
     params = sum(p.numel() for p in model.parameters())
     return LocalLLM(engine), f"{spec} ({params / 1e6:.1f} M parameters, {str(dtype).removeprefix('torch.')}, {device})"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pocketchat.engine.generate as generate_module
-from pocketchat.chat import render_prompt
+from pocketchat.chat import render_prompt, tool_turn_renderer
 from pocketchat.engine import Engine, KVCache, SamplingParams
 from pocketchat.engine.generate import TextStream
 from pocketchat.engine.toolcalls import run_tool_call
@@ -33,7 +33,7 @@ def model(tok) -> CausalLM:
 
 @pytest.fixture(scope="module")
 def engine(model, tok) -> Engine:
-    return Engine(model, tok)
+    return Engine(model, tok, tool_turn=tool_turn_renderer(tok))
 
 
 def full_logprobs(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
@@ -248,6 +248,14 @@ def test_tool_call_runs_and_its_turn_is_forced(engine, model, tok, monkeypatch):
     for p, o in zip([prompt, companion], outs):  # forced tokens included: the chunked feed is exact
         expected = full_logprobs(model, p, o.token_ids).gather(1, torch.tensor(o.token_ids).unsqueeze(1)).squeeze(1)
         assert torch.allclose(torch.tensor(o.logprobs), expected, atol=1e-4)
+
+
+def test_tools_need_the_chat_formats_tool_turn(model, tok):
+    """The engine does not write a tool turn itself: without one from the chat format it runs no tools."""
+    bare = Engine(model, tok)
+    assert not bare.can_run_tools and tok.end_of_turn_id in bare.default_stop_ids  # it still stops at end of turn
+    with pytest.raises(UserError, match="tool turn"):
+        bare.generate([render_prompt(tok, [{"role": "user", "content": "hi"}])], SamplingParams(tools=True))
 
 
 @pytest.mark.parametrize("params", [dict(tools=False), dict(tools=True, max_tool_calls=0)])

@@ -128,7 +128,21 @@ def test_strategies_reach_a_model_only_through_the_llm_interface():
     assert not wrong, wrong
 
 
+def code_strings(path: Path) -> set[str]:
+    """The string constants of a module's code: docstrings left out (they may name the format as an example)."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+
+
 def test_engine_knows_tokens_and_tools_not_the_chat_format():
-    wrong = {m: "pocketchat.chat" for m in MODULES
-             if m.startswith("pocketchat.engine") and "pocketchat.chat" in IMPORTS[m]}
+    """The engine neither imports the chat format nor writes it: the tool turn it forces comes from the chat
+    format (`chat.tool_turn_renderer`), the end of turn it stops on from the tokenizer."""
+    engine = [m for m in MODULES if m.startswith("pocketchat.engine")]
+    wrong = {m: "pocketchat.chat" for m in engine if "pocketchat.chat" in IMPORTS[m]}
     assert not wrong, wrong
+    chatml = {m: sorted(t for t in code_strings(MODULES[m]) if "<|im_start|>" in t or "<|im_end|>" in t) for m in engine}
+    assert not any(chatml.values()), {m: found for m, found in chatml.items() if found}

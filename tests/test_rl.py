@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pocketchat.alignment_eval import token_logprobs
-from pocketchat.chat import render_prompt
+from pocketchat.chat import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.errors import UserError
@@ -154,7 +154,7 @@ def metrics(run) -> list[dict]:
 
 def test_learner_logprobs_equal_the_engines_and_forced_tokens_are_masked(tok):
     model = tiny_lm(tok).eval()
-    engine = Engine(model, tok)
+    engine = Engine(model, tok, tool_turn=tool_turn_renderer(tok))
     call = [tok.token_id("<tool_call>"), *tok.encode('{"name": "calculator", "arguments": {"expression": "2+3"}}'),
             tok.token_id("</tool_call>")]
     force_call = lambda ids, logits: (torch.arange(len(logits)) == call[len(ids)]) if len(ids) < len(call) else None

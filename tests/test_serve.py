@@ -22,7 +22,7 @@ import pytest
 import torch
 import uvicorn
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.model import CausalLM, ModelConfig
@@ -50,7 +50,7 @@ def random_engine(context: int = 1024) -> Engine:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                          tie_word_embeddings=False, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
                          pad_token_id=tok.pad_id)
-    return Engine(CausalLM(config).eval(), tok)
+    return Engine(CausalLM(config).eval(), tok, tool_turn=tool_turn_renderer(tok))
 
 
 def scripted_engine(context: int = 2048) -> Engine:
@@ -84,7 +84,7 @@ def scripted_engine(context: int = 2048) -> Engine:
             layer.mlp.down_proj.weight.zero_()
         model.model.embed_tokens.weight.copy_(torch.eye(V, config.hidden_size))
         model.lm_head.weight.copy_(head)
-    return Engine(model, tok)
+    return Engine(model, tok, tool_turn=tool_turn_renderer(tok))
 
 
 @contextmanager
@@ -120,7 +120,7 @@ def wait_for(condition, timeout: float = 10.0) -> None:
 def rnd():
     """(engine for reference outputs, base URL, the app) of a server over the random model."""
     engine = random_engine()
-    app = create_app(Engine(engine.model, engine.tokenizer), "rnd", max_batch=8, max_queue=32)
+    app = create_app(Engine(engine.model, engine.tokenizer, tool_turn=engine.tool_turn), "rnd", max_batch=8, max_queue=32)
     with running(app) as url:
         yield engine, url, app
 

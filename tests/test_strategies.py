@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.engine.calculator import CALCULATOR
@@ -459,7 +459,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local(tiny):
-    return LocalLLM(Engine(CausalLM.from_pretrained(tiny).eval(), Tokenizer.load(tiny)))
+    tok = Tokenizer.load(tiny)
+    return LocalLLM(Engine(CausalLM.from_pretrained(tiny).eval(), tok, tool_turn=tool_turn_renderer(tok)))
 
 
 def test_local_llm_samples_repeatably_and_counts_tokens(local):
@@ -540,7 +541,7 @@ def test_openai_backend_matches_the_local_engine_through_a_live_server(local):
     from test_serve import running
 
     engine = local.engine
-    with running(create_app(Engine(engine.model, engine.tokenizer), "tiny", max_batch=4)) as url:
+    with running(create_app(Engine(engine.model, engine.tokenizer, tool_turn=engine.tool_turn), "tiny", max_batch=4)) as url:
         remote = OpenAILLM(url)  # a bare host:port gets /v1, the model is the one the server lists
         assert remote.base_url == url + "/v1" and remote.model == "tiny"
         messages = ask("What is 12 + 30?")

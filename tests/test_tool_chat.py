@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.engine.toolcalls import run_tool_call
@@ -98,7 +98,7 @@ def script_engine(context: int = 1024) -> Engine:
     config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                          num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=context,
                          bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-    return Engine(ScriptModel(config, next_token), tok)
+    return Engine(ScriptModel(config, next_token), tok, tool_turn=tool_turn_renderer(tok))
 
 
 def ask(question: str) -> list[dict]:

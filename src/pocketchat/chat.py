@@ -9,8 +9,9 @@ pocketchat's own models speak ChatML, as SmolLM2 and Qwen do:
     <|im_start|>assistant\\n                            (the generation prompt)
 
 An assistant turn has one <tool_call> tag pair per call (none for a plain answer). So after the model
-emits </tool_call>, the engine can force `<|im_end|>\\n<|im_start|>tool\\n{output}<|im_end|>\\n<|im_start|>
-assistant\\n` and the model's context is exactly what `render` gives for [assistant-with-call, tool, assistant].
+emits </tool_call>, the engine forces `<|im_end|>\\n<|im_start|>tool\\n{output}<|im_end|>\\n<|im_start|>
+assistant\\n` (`tool_turn_renderer`, which the engine is given: it knows tokens and tools, not this format) and the
+model's context is exactly what `render` gives for [assistant-with-call, tool, assistant].
 
 Two renderers give the same ids for the same messages (a test checks it against transformers):
 - `render` builds ChatML turn by turn: special tokens as their ids, the text between two special tokens
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -255,6 +257,16 @@ def missing_tool_tokens(tokenizer: Tokenizer) -> list[str]:
     """The special tokens a model needs to call tools the way the engine runs them, that its tokenizer lacks.
     Ours have them all; most foreign chat models (SmolLM2) have none, and then chat without tools."""
     return [t for t in (TOOL_CALL, TOOL_CALL_END, IM_START, IM_END) if tokenizer.token_id(t) is None]
+
+
+def tool_turn_renderer(tokenizer: Tokenizer) -> Callable[[str], list[int]] | None:
+    """The tool turn the engine forces after a model's </tool_call>, as a function of the tool's output: the ids
+    of `<|im_end|>\\n` and then what `render` writes for a tool turn and the generation prompt. None where the
+    tokenizer lacks the tool-call tokens (`missing_tool_tokens`): the engine then runs no tools."""
+    if missing_tool_tokens(tokenizer):
+        return None
+    close = [tokenizer.token_id(IM_END), *tokenizer.encode("\n")]
+    return lambda output: close + _render_chatml(tokenizer, [Turn("tool", output, [])], add_generation_prompt=True)[0]
 
 
 def uses_tools(messages: list[dict]) -> bool:

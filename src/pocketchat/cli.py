@@ -138,13 +138,15 @@ def cmd_dpo(args, overrides) -> None:
 
 
 def load_engine(model_dir: str, device: str = "auto"):
+    from pocketchat.chat import tool_turn_renderer
     from pocketchat.engine import Engine
     from pocketchat.hardware import resolve_device
     from pocketchat.lora import load_model
     from pocketchat.tokenizer import Tokenizer
 
     model = load_model(model_dir, device=resolve_device(device)).eval()
-    return Engine(model, Tokenizer.load(model_dir))
+    tokenizer = Tokenizer.load(model_dir)
+    return Engine(model, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
 
 
 def cmd_eval(args, overrides) -> None:

@@ -154,11 +154,13 @@ def _last_eval(evals: list[dict], folder: Path, key: str) -> dict:
 
 
 def _engine(model_dir: Path):
+    from pocketchat.chat import tool_turn_renderer
     from pocketchat.engine import Engine
     from pocketchat.lora import load_model
     from pocketchat.tokenizer import Tokenizer
 
-    return Engine(load_model(model_dir).eval(), Tokenizer.load(model_dir))
+    tokenizer = Tokenizer.load(model_dir)
+    return Engine(load_model(model_dir).eval(), tokenizer, tool_turn=tool_turn_renderer(tokenizer))
 
 
 # ---- stage 1 and 2: base model, chat model ---------------------------------------------------------------------

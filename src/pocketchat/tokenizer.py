@@ -29,7 +29,7 @@ from pocketchat.errors import UserError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>",
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
-EOT, PAD = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
+EOT, PAD, END_OF_TURN = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1], SPECIAL_TOKENS[3]
 
 # GPT-2's split: contractions, letter runs, number runs, punctuation runs, whitespace. HF's ByteLevel
 # pre-tokenizer uses exactly this when use_regex=True.
@@ -163,6 +163,12 @@ class Tokenizer:
         self.add_bos = add_bos and self.bos_id is not None
         self.chat_template = chat_template
         self.model_max_length = model_max_length
+
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The token that closes a chat turn (<|im_end|>, which ours reserve and SmolLM2 and Qwen have), or None:
+        generation stops there whatever the chat format around it."""
+        return self.token_id(END_OF_TURN)
 
     @property
     def uses_tiktoken(self) -> bool:

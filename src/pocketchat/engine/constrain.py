@@ -6,8 +6,8 @@ a callable (token ids generated so far for a row, that row's logits) -> bool mas
 
 - The vocabulary is handed over as bytes: byte-level BPE token strings go back through GPT-2's byte map,
   added tokens are their text, and special tokens are flagged so no grammar can spell them.
-- The grammar's end of sequence is the chat's end of turn, <|im_end|>: the engine stops on it, and the
-  grammar allows it only once the value is complete. No other stop token is ever allowed.
+- The grammar's end of sequence is the tokenizer's end of turn (<|im_end|> in ours): the engine stops on it, and
+  the grammar allows it only once the value is complete. No other stop token is ever allowed.
 - The mask is a pure function of the tokens generated so far: parser states are kept per *prefix*, not
   per row, so one processor serves every row of a batch (n samples of one request share SamplingParams),
   and rows that share a prefix share its state and mask. A prefix that was evicted is replayed from the
@@ -50,7 +50,7 @@ class _Vocabulary:
                 raise UserError(f"constrained output needs a byte-level BPE tokenizer; token {i} ({text!r}) "
                                 "is not byte-level") from None
         self.special_token_ids = [i for i, t in added.items() if t.special]
-        end = tokenizer.token_id("<|im_end|>")
+        end = tokenizer.end_of_turn_id
         self.eos_token_id = end if end is not None else tokenizer.eos_id
         self.bos_token_id = tokenizer.bos_id
         self._encode = tokenizer.encode

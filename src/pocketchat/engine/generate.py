@@ -24,7 +24,7 @@ at every step, which costs more than the fused small ops save), so the eager ste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -267,7 +267,9 @@ class Engine:
 
     device/dtype, when given, move the model in place (nn.Module.to); otherwise the engine uses the model
     as it is, so an RL learner's engine always samples from the current weights. compile: run the decode
-    step compiled (see the module docstring; needs a C++ compiler on CPU).
+    step compiled (see the module docstring; needs a C++ compiler on CPU). tool_turn: the chat format's tool turn,
+    the token ids forced after a tool call given the tool's output (`chat.tool_turn_renderer`); without it the
+    engine runs no tools (SamplingParams.tools raises).
 
     `generate` and `stream` run a batch to its end. The steps they are made of (`new_row`, `prefill`,
     `sample`, `accept`, `decode`, `completion`) are public too, for a caller that runs its own loop over a
@@ -275,7 +277,8 @@ class Engine:
     """
 
     def __init__(self, model: CausalLM, tokenizer, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, max_batch_size: int = 64, compile: bool = False):
+                 dtype: torch.dtype | None = None, max_batch_size: int = 64, compile: bool = False,
+                 tool_turn: Callable[[str], list[int]] | None = None):
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         param = next(model.parameters())
@@ -289,11 +292,11 @@ class Engine:
         else:
             self._step = None
         tid = tokenizer.token_id
-        self.im_start, self.im_end = tid("<|im_start|>"), tid("<|im_end|>")
         self.tool_open, self.tool_close = tid("<tool_call>"), tid("</tool_call>")
+        self.tool_turn = tool_turn
         eos = self.config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
-        self.default_stop_ids = frozenset(i for i in (tokenizer.eos_id, self.im_end, *eos) if i is not None)
+        self.default_stop_ids = frozenset(i for i in (tokenizer.eos_id, tokenizer.end_of_turn_id, *eos) if i is not None)
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
     # ---- public API ---------------------------------------------------------------------------------------
@@ -468,22 +471,24 @@ class Engine:
             row.text.flush()  # a stop string already cut the text; anything else ends mid-stream
 
     def _tool_turn(self, row: Row) -> list[int]:
-        """Run the call from the last <tool_call> to the </tool_call> just sampled; return the forced tokens
-        `<|im_end|>\\n<|im_start|>tool\\n{output}<|im_end|>\\n<|im_start|>assistant\\n` (what chat.render
-        gives for that tool turn, so the model sees the format it was trained on)."""
+        """Run the call from the last <tool_call> to the </tool_call> just sampled; return the tokens to force:
+        the chat format's tool turn with the output in it (`self.tool_turn`), so the model sees the format it
+        was trained on."""
         start = len(row.token_ids) - 1
         while start > 0 and not row.forced[start - 1] and row.token_ids[start] != self.tool_open:
             start -= 1
         allowed = None if row.params.tools is True else row.params.tools
-        output = run_tool_call(self.tokenizer.decode(row.token_ids[start:]), allowed=allowed)
-        enc = self.tokenizer.encode
-        return [self.im_end, *enc("\n"), self.im_start, *enc("tool\n" + output), self.im_end, *enc("\n"),
-                self.im_start, *enc("assistant\n")]
+        return self.tool_turn(run_tool_call(self.tokenizer.decode(row.token_ids[start:]), allowed=allowed))
+
+    @property
+    def can_run_tools(self) -> bool:
+        return None not in (self.tool_open, self.tool_close, self.tool_turn)
 
     def new_row(self, prompt: list[int], params: SamplingParams, track_text: bool) -> Row:
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.default_stop_ids)
-        if params.tools and None in (self.tool_open, self.tool_close, self.im_start, self.im_end):
-            raise UserError("tools=True needs the tokenizer's <tool_call>, </tool_call>, <|im_start|> and <|im_end|> special tokens")
+        if params.tools and not self.can_run_tools:
+            raise UserError("tools=True needs the tokenizer's <tool_call> and </tool_call> special tokens and the chat "
+                            "format's tool turn (Engine(tool_turn=chat.tool_turn_renderer(tokenizer)))")
         # Token max_pos can still be sampled (from the logits at the last position), it just can't be fed.
         room = min(params.max_tokens, self.config.max_position_embeddings + 1 - len(prompt))
         text = TextStream(self.tokenizer.decode, params.stop) if track_text else None

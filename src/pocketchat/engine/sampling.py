@@ -28,8 +28,8 @@ class SamplingParams:
     min_p: float = 0.0  # 0: off; keep tokens with p >= min_p * p_max
     max_tokens: int = 256  # completion tokens, forced tool turns included
     stop: list[str] = field(default_factory=list)  # stop when the text contains one; it is cut from the text
-    stop_token_ids: list[int] = field(default_factory=list)  # in addition to <|im_end|> and eos
-    ignore_eos: bool = False  # don't stop on <|im_end|>/eos (benchmarks that need an exact length)
+    stop_token_ids: list[int] = field(default_factory=list)  # in addition to the end of turn and eos
+    ignore_eos: bool = False  # don't stop on end of turn/eos (benchmarks that need an exact length)
     seed: int | None = None
     logprobs: bool = False  # log p of each completion token under the raw model (temperature 1, no filters)
     top_logprobs: int = 0  # also the n most likely tokens at each position, {token_id: logprob}

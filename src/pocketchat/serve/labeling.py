@@ -106,7 +106,7 @@ class Labeling:
             raise UserError("labeling needs at least one task")
         self.file = ComparisonFile(out)
         self.styles, self.seed = list(styles), seed
-        self.can_use_tools = None not in (engine.tool_open, engine.tool_close, engine.im_start, engine.im_end)
+        self.can_use_tools = engine.can_run_tools
         self.pending: OrderedDict[str, SampleSet] = OrderedDict()
         self._cases: list[tuple[Example, str]] = []
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pocketchat.alignment_eval import cells_of, policy_eval, token_logprobs
+from pocketchat.chat import tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.engine import Engine
@@ -132,7 +133,8 @@ def run(cfg: DPOConfig, model_dir: str | Path, out: str | Path, resume: bool = F
     def evaluate(model: nn.Module) -> dict:
         record = preference_eval(model, val_data, ref_val, cfg.beta, cfg.eval_batch_size, info.device)
         if tasks and cfg.eval_n > 0:
-            record |= policy_eval(Engine(model, tokenizer), ref, cells_of(tasks, styles), cfg.eval_n, cfg.seed)
+            engine = Engine(model, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
+            record |= policy_eval(engine, ref, cells_of(tasks, styles), cfg.eval_n, cfg.seed)
         return record
 
     evals = train(policy, cfg, out, lambda step, index, count: with_reference(train_data.get_batch(step, cfg.batch_size, index, count), ref_train),

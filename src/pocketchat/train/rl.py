@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pocketchat.alignment_eval import (Cell, cells_of, next_token_entropy, next_token_logprobs, pick, policy_eval,
                                        token_logprobs)
-from pocketchat.chat import render_prompt, renderable
+from pocketchat.chat import render_prompt, renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
@@ -206,7 +206,8 @@ class RLTrainer:
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
         self.model = dist.wrap(self.learner, self.info, fsdp=False)  # what the update runs through: DDP under torchrun
         self.optimizer, self.scheduler = optimizer_and_schedule(self.learner, cfg, fused=self.device.type in ("cpu", "cuda"))
-        self.engine = Engine(policy, tokenizer)  # samples from the live weights: no copy to sync
+        # samples from the live weights: no copy to sync
+        self.engine = Engine(policy, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
         self.amp = autocast_dtype(self.device, cfg.dtype)
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
@@ -616,7 +617,8 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
         found: list[Cell] | UserError | None = None
         if info.is_main:
             try:
-                found = choose_cells(Engine(policy, tokenizer), cells, cfg.probe_n, cfg.probe_samples, cfg.seed,
+                engine = Engine(policy, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
+                found = choose_cells(engine, cells, cfg.probe_n, cfg.probe_samples, cfg.seed,
                                      cfg.max_tokens, cfg.pass_min, cfg.pass_max, out / "probe.json", reuse=resume)
             except UserError as e:
                 found = e
@@ -658,7 +660,8 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
                         ptx_data=ptx_data, info=info)
 
     def evaluate(model: CausalLM) -> dict:
-        result = policy_eval(Engine(model, tokenizer), ref, cells, cfg.eval_n, cfg.seed)
+        engine = Engine(model, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
+        result = policy_eval(engine, ref, cells, cfg.eval_n, cfg.seed)
         return {f"eval/{k}": v for k, v in result.items()}
 
     if info.is_main:

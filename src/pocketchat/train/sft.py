@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketchat.chat import renderable
+from pocketchat.chat import renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.data.chat import SFTDataset, load_chat_jsonl
 from pocketchat.data.sft_mixture import embedded_mixture
@@ -105,7 +105,8 @@ def run(cfg: SFTConfig, model_dir: str | Path, out: str | Path, resume: bool = F
                   for _, b in zip(range(cfg.eval_batches), val_set.eval_batches(cfg.batch_size))]
         record = {"val_loss": sum(losses) / len(losses)}
         if tasks:
-            for r in task_accuracy(Engine(model, tokenizer), tasks, styles, cfg.eval_n, seed=cfg.seed):
+            engine = Engine(model, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
+            for r in task_accuracy(engine, tasks, styles, cfg.eval_n, seed=cfg.seed):
                 record[f"{r['task']}/{r['style']}"] = r["accuracy"]
                 record.setdefault("ended", []).append(r["ended"])
             record["ended"] = sum(record["ended"]) / len(record["ended"])
