@@ -205,7 +205,7 @@ def test_template_that_rewrites_history_is_refused(tok):
     ([{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}], "function.name must be"),
     ([{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}], "function.arguments is missing"),
     ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}], "not valid JSON"),
-    ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}], "must encode a JSON object"),
+    ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}], "tool_calls\\[0\\]: arguments must be a JSON object, got list"),
     ([{"role": "user", "content": "ok"}, {"role": "assistant", "content": ["x"]}], "message 1: content part 0"),
 ])
 def test_bad_messages_get_clear_errors(tok, messages, error):

@@ -85,7 +85,7 @@ def test_tool_loop_runs_calls_appends_turns_and_counts_every_round():
     assert g.finish_reason == "tool_calls" and len(g.tool_calls) == forever.max_tool_calls == len(forever.log) - 1
     bad = Scripted(lambda messages, n, seed: [("", [("calculator", "{broken")])] if len(messages) == 1 else ["ok"])
     assert bad.complete([{"role": "user", "content": "x"}], tools=[CALCULATOR])[0].tool_calls[0].output.startswith(
-        "Error: arguments are not valid JSON")
+        'Error: "arguments" is not valid JSON')
     with pytest.raises(UserError, match="n must be"):
         bad.complete([{"role": "user", "content": "x"}], n=0)
 

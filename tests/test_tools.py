@@ -137,10 +137,10 @@ def test_parse_tool_call():
     ("<tool_call>[1]</tool_call>", "must be a JSON object"),
     ('<tool_call>{"arguments": {}}</tool_call>', 'needs a string "name"'),
     ('<tool_call>{"name": "calculator", "arguments": [1]}</tool_call>', '"arguments" must be a JSON object'),
-    ('<tool_call>{"name": "calculator", "arguments": "{oops"}</tool_call>', '"arguments" string is not valid JSON'),
+    ('<tool_call>{"name": "calculator", "arguments": "{oops"}</tool_call>', '"arguments" is not valid JSON'),
 ])
 def test_parse_tool_call_rejects_malformed_calls(text, reason):
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(UserError, match=reason):
         parse_tool_call(text)
 
 

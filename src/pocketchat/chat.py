@@ -39,6 +39,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from pocketchat.errors import UserError
+from pocketchat.json_text import json_object
 from pocketchat.tokenizer import Tokenizer
 
 IM_START, IM_END, TOOL_CALL, TOOL_CALL_END = "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"
@@ -104,18 +105,8 @@ def _arguments_text(arguments, where: str) -> str:
 
     A dict is dumped the way the template's `tojson` does; a string (OpenAI's wire format) must hold a JSON
     object and is kept verbatim, because a Jinja template cannot re-format it."""
-    if isinstance(arguments, dict):
-        return json.dumps(arguments, ensure_ascii=False)
-    if isinstance(arguments, str):
-        try:
-            parsed = json.loads(arguments)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: arguments is not valid JSON: {e.msg}") from e
-        if not isinstance(parsed, dict):
-            raise UserError(f"{where}: arguments must encode a JSON object, got {type(parsed).__name__}")
-        return arguments
-    raise UserError(f"{where}: arguments must be a JSON object or a string holding one, "
-                    f"not {type(arguments).__name__}")
+    parsed = json_object(arguments, f"{where}: arguments")
+    return arguments if isinstance(arguments, str) else json.dumps(parsed, ensure_ascii=False)
 
 
 def _tool_call_texts(message: dict, where: str) -> list[str]:

@@ -1,7 +1,6 @@
-"""Writes that a crash cannot leave half done: single files, and checkpoints of many files published at once;
-and reading one line of a JSONL file.
+"""Writes that a crash cannot leave half done: single files, and checkpoints of many files published at once.
 
-Low in the house (it imports only `errors`), so the model, the stages, the datasets and the report all share it.
+Low in the house (it imports nothing of pocketchat), so the model, the stages and the report all share it.
 
 A run folder stays an ordinary model folder (`config.json`, `model.safetensors`, tokenizer files,
 `checkpoint.pt`, ...), but each of those names is a symlink into `checkpoints/current/`, and `current` is a
@@ -26,8 +25,6 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from pocketchat.errors import UserError
-
 CHECKPOINTS = "checkpoints"
 CURRENT = "current"
 STEP_PREFIX = "step-"
@@ -46,24 +43,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-BLANK = object()  # json_line's answer for a line with nothing on it
-
-
-def json_line(raw: bytes) -> object:
-    """The record on one line of a JSONL file, read as bytes, or BLANK where the line is only whitespace. A line
-    that is not UTF-8 or not JSON raises UserError with the reason alone: the caller puts `file:line:` first."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"not valid UTF-8 at column {e.start + 1}") from e
-    if not line.strip():
-        return BLANK
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"invalid JSON: {e.msg} at column {e.colno}") from e
 
 
 def publish_checkpoint(folder: str | os.PathLike, step: int, write: Callable[[Path], None]) -> None:

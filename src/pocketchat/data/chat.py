@@ -24,7 +24,7 @@ import torch
 from pocketchat.chat import render, validate
 from pocketchat.data.epochs import EpochBatches
 from pocketchat.errors import UserError
-from pocketchat.files import BLANK, json_line
+from pocketchat.json_text import BLANK, json_line
 from pocketchat.tokenizer import Tokenizer
 
 IGNORE = -100  # target value that takes no loss (cross_entropy's ignore_index)

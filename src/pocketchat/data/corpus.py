@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pocketchat.data.drill import drill_documents
 from pocketchat.errors import UserError
-from pocketchat.files import BLANK, json_line
+from pocketchat.json_text import BLANK, json_line
 
 SPLITS = ("train", "val")
 VAL_FRACTION = 0.05

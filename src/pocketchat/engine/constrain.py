@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pocketchat.errors import UserError
+from pocketchat.json_text import json_object
 from pocketchat.tokenizer import UNICODE_TO_BYTE, Tokenizer
 
 # JSON is written the way json.dumps writes it (and the SFT data shows it): ", " and ": ", no other
@@ -135,13 +136,7 @@ class GrammarProcessor:
 
 def json_schema_processor(tokenizer: Tokenizer, schema: dict | str) -> GrammarProcessor:
     """Outputs that are JSON documents valid under `schema` (a dict or its JSON text)."""
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except json.JSONDecodeError as e:
-            raise UserError(f"JSON schema:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-    if not isinstance(schema, dict):
-        raise UserError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    schema = json_object(schema, "the JSON schema")
     grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS)
     return GrammarProcessor(tokenizer, grammar, "JSON schema")
 

@@ -21,7 +21,6 @@ strategy's generations gives what it spent. `Metered` does that sum for a strate
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import urllib.parse
@@ -33,6 +32,7 @@ from typing import Protocol
 
 from pocketchat.chat import parse_assistant, render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
+from pocketchat.engine.toolcalls import call_tool
 from pocketchat.engine.tools import Tool
 from pocketchat.errors import UserError
 
@@ -117,16 +117,6 @@ class _Raw:
     finish_reason: str
 
 
-def _run_tool(name: str, arguments: str, tools: dict[str, Tool]) -> str:
-    if name not in tools:
-        return f"Error: unknown tool {name!r} (available: {', '.join(tools)})"
-    try:
-        parsed = json.loads(arguments)
-    except json.JSONDecodeError as e:
-        return f"Error: arguments are not valid JSON: {e.msg}"
-    return tools[name].run(parsed)
-
-
 class ChatBackend:
     """What both backends share: argument checks, seeds per sample, and the client-side tool loop."""
 
@@ -167,7 +157,7 @@ class ChatBackend:
                     {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
                     for id_, (name, arguments) in zip(ids, raw.calls)]})
                 for id_, (name, arguments) in zip(ids, raw.calls):
-                    calls.append(ToolCall(name, arguments, _run_tool(name, arguments, {t.name: t for t in tools})))
+                    calls.append(ToolCall(name, arguments, call_tool(name, arguments, {t.name: t for t in tools})))
                     convo.append({"role": "tool", "tool_call_id": id_, "name": name, "content": calls[-1].output})
                 raw = self._sample(convo, 1, temperature, max_tokens, stop, None if seed is None else seed + i, specs)[0]
                 tokens, prompt_tokens = tokens + raw.tokens, prompt_tokens + raw.prompt_tokens
