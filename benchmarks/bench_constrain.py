@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat_format import render_prompt
 from pocketchat.data.corpus import embedded_documents
 from pocketchat.engine.constrain import choice_processor, json_schema_processor, regex_processor
 from pocketchat.errors import UserError

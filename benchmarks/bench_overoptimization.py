@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pocketchat.alignment_eval import held_out_cases, sample_cases, sampled_token_stats
-from pocketchat.chat import tool_turn_renderer
+from pocketchat.chat_format import tool_turn_renderer
 from pocketchat.engine import Engine
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.lora import load_model

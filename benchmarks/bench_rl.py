@@ -68,7 +68,7 @@ def build(root: Path, args) -> dict:
     """Policy and reward-model folders, and the prompts of every episode (the same for both sides)."""
     import torch
 
-    from pocketchat.chat import CHAT_TEMPLATE
+    from pocketchat.chat_format import CHAT_TEMPLATE
     from pocketchat.model import CausalLM, RewardModel
     from pocketchat.tokenizer import Tokenizer
 
@@ -102,7 +102,7 @@ def build(root: Path, args) -> dict:
 def task_prompts(tok, needed: int, max_len: int) -> list[tuple[list[int], object]]:
     """`needed` distinct train-split arithmetic prompts of at most max_len tokens in the chat format, with their
     examples (what the task reward checks), the same on every call."""
-    from pocketchat.chat import render_prompt
+    from pocketchat.chat_format import render_prompt
     from pocketchat.tasks import mixture, prompt_messages
 
     prompts, seen = [], set()

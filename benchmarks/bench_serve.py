@@ -53,7 +53,7 @@ def tiny_folder(root: Path) -> Path:
     """Random weights of the tiny preset's shape + a tokenizer trained quickly on the embedded corpus."""
     from tiny_random import tiny_random
 
-    from pocketchat.chat import CHAT_TEMPLATE
+    from pocketchat.chat_format import CHAT_TEMPLATE
 
     model, tok = tiny_random([__doc__ * 50, *QUESTIONS * 50])
     folder = root / "tiny-random"

@@ -279,7 +279,7 @@ def targets(rows: list[dict], tasks: list[str], base_rows: list[dict] = ()) -> l
 def load_llm(spec: str, kind: str, args):
     if kind == "endpoint":
         return OpenAILLM(spec, args.model_name), spec
-    from pocketchat.chat import tool_turn_renderer
+    from pocketchat.chat_format import tool_turn_renderer
     from pocketchat.engine import Engine
     from pocketchat.hardware import cpu_has_native_bf16, resolve_device
     from pocketchat.lora import load_model

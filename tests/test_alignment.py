@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pocketchat.chat import render
+from pocketchat.chat_format import render
 from pocketchat.cli import main
 from pocketchat.data.comparisons import (Comparison, PairDataset, load_comparisons, load_many, parse_comparison,
                                          split_by_prompt)

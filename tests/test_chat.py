@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pocketchat.chat import (CHAT_TEMPLATE, parse_assistant, render, render_prompt, render_text,
+from pocketchat.chat_format import (CHAT_TEMPLATE, parse_assistant, render, render_prompt, render_text,
                              render_with_template)
 from pocketchat.data.corpus import embedded_documents
 from pocketchat.errors import UserError

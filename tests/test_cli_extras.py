@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat_format import render_prompt
 from pocketchat.cli import main
 from pocketchat.model import CausalLM, ModelConfig
 from pocketchat.tasks.facts import facts_corpus, write_documents

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import torch
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat_format import render_prompt
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.engine import constrain
 from pocketchat.engine.constrain import choice_processor, json_schema_processor, regex_processor

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pocketchat.engine.generate as generate_module
-from pocketchat.chat import render_prompt, tool_turn_renderer
+from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.engine import Engine, KVCache, SamplingParams
 from pocketchat.engine.generate import TextStream
 from pocketchat.engine.toolcalls import run_tool_call

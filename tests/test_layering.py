@@ -140,9 +140,9 @@ def code_strings(path: Path) -> set[str]:
 
 def test_engine_knows_tokens_and_tools_not_the_chat_format():
     """The engine neither imports the chat format nor writes it: the tool turn it forces comes from the chat
-    format (`chat.tool_turn_renderer`), the end of turn it stops on from the tokenizer."""
+    format (`chat_format.tool_turn_renderer`), the end of turn it stops on from the tokenizer."""
     engine = [m for m in MODULES if m.startswith("pocketchat.engine")]
-    wrong = {m: "pocketchat.chat" for m in engine if "pocketchat.chat" in IMPORTS[m]}
+    wrong = {m: "pocketchat.chat_format" for m in engine if "pocketchat.chat_format" in IMPORTS[m]}
     assert not wrong, wrong
     chatml = {m: sorted(t for t in code_strings(MODULES[m]) if "<|im_start|>" in t or "<|im_end|>" in t) for m in engine}
     assert not any(chatml.values()), {m: found for m, found in chatml.items() if found}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pocketchat.alignment_eval import token_logprobs
-from pocketchat.chat import render_prompt, tool_turn_renderer
+from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.errors import UserError

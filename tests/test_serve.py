@@ -22,7 +22,7 @@ import pytest
 import torch
 import uvicorn
 
-from pocketchat.chat import render_prompt, tool_turn_renderer
+from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.model import CausalLM, ModelConfig

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat_format import render_prompt
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.model import CausalLM, ModelConfig
@@ -70,7 +70,7 @@ def test_chat_cli_streams_replies_and_handles_commands(base, tmp_path, monkeypat
 
 
 def test_chat_history_keeps_tool_turns_as_messages():
-    from pocketchat.chat_cli import completion_messages
+    from pocketchat.terminal_chat import completion_messages
 
     text = ('Let me compute.<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>'
             "<|im_end|>\n<|im_start|>tool\n5<|im_end|>\n<|im_start|>assistant\nAnswer: 5<|im_end|>")

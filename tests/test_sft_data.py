@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from pocketchat.chat import render, validate
+from pocketchat.chat_format import render, validate
 from pocketchat.data import sft_mixture
-from pocketchat.data.chat import IGNORE, SFTDataset, block_causal_mask, load_chat_jsonl, pack
+from pocketchat.data.conversations import IGNORE, SFTDataset, block_causal_mask, load_chat_jsonl, pack
 from pocketchat.data.corpus import embedded_documents
 from pocketchat.errors import UserError
 from pocketchat.model import CausalLM, ModelConfig

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from pocketchat.chat import render_prompt, tool_turn_renderer
+from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.engine.calculator import CALCULATOR

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pocketchat.chat import validate
+from pocketchat.chat_format import validate
 from pocketchat.engine.calculator import calculate
 from pocketchat.errors import UserError
 from pocketchat.tasks import (STYLES, TASKS, Example, check, extract_answer, format_ok, get_task, mixture,

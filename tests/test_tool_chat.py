@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from pocketchat.chat import render_prompt, tool_turn_renderer
+from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.engine.toolcalls import run_tool_call

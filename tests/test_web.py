@@ -20,13 +20,13 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from pocketchat.chat_cli import completion_messages
 from pocketchat.cli import main
 from pocketchat.data.comparisons import load_comparisons
 from pocketchat.errors import UserError
 from pocketchat.labeler import comparison_record
 from pocketchat.serve.app import create_app
 from pocketchat.tasks import mixture, prompt_messages
+from pocketchat.terminal_chat import completion_messages
 from test_serve import REPLY, random_engine, running, scripted_engine, wait_for
 from test_tool_chat import GREETING, PYTHON_CODE, script_engine
 

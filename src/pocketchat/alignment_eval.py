@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat_format import render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
 from pocketchat.labeler import ProgrammaticLabeler

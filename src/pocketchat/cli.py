@@ -105,7 +105,7 @@ def cmd_rm(args, overrides) -> None:
 
 
 def cmd_score(args, overrides) -> None:
-    from pocketchat.data.chat import load_chat_jsonl
+    from pocketchat.data.conversations import load_chat_jsonl
     from pocketchat.hardware import resolve_device
     from pocketchat.model import RewardModel
     from pocketchat.tokenizer import Tokenizer
@@ -138,7 +138,7 @@ def cmd_dpo(args, overrides) -> None:
 
 
 def load_engine(model_dir: str, device: str = "auto"):
-    from pocketchat.chat import tool_turn_renderer
+    from pocketchat.chat_format import tool_turn_renderer
     from pocketchat.engine import Engine
     from pocketchat.hardware import resolve_device
     from pocketchat.lora import load_model
@@ -152,7 +152,7 @@ def load_engine(model_dir: str, device: str = "auto"):
 def cmd_eval(args, overrides) -> None:
     import json
 
-    from pocketchat.evals import format_table, task_accuracy
+    from pocketchat.task_eval import format_table, task_accuracy
     from pocketchat.tasks import STYLES, get_task
 
     no_overrides(overrides)
@@ -171,7 +171,7 @@ def cmd_eval(args, overrides) -> None:
 
 
 def cmd_chat(args, overrides) -> None:
-    from pocketchat.chat_cli import chat_loop
+    from pocketchat.terminal_chat import chat_loop
     from pocketchat.engine.sandbox import sandbox_status
 
     no_overrides(overrides)
@@ -186,7 +186,7 @@ def cmd_chat(args, overrides) -> None:
 def chat_tools(engine, model: str, requested: bool | None) -> bool:
     """Whether chat runs tool calls. By default, when the tokenizer has the tokens they need (ours do; most
     foreign chat models don't, and should still just chat); an explicit --tools without them is an error."""
-    from pocketchat.chat import missing_tool_tokens
+    from pocketchat.chat_format import missing_tool_tokens
 
     if requested is False:
         return False
@@ -272,7 +272,7 @@ def cmd_sample(args, overrides) -> None:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed, logits_processor=constraint(args, tokenizer))
     if args.chat:
-        from pocketchat.chat import render_prompt
+        from pocketchat.chat_format import render_prompt
 
         prompt = render_prompt(tokenizer, [{"role": "user", "content": args.prompt}])
     else:
@@ -309,7 +309,7 @@ def constraint(args, tokenizer):
 def cmd_serve(args, overrides) -> None:
     import uvicorn
 
-    from pocketchat.chat import missing_tool_tokens
+    from pocketchat.chat_format import missing_tool_tokens
     from pocketchat.engine.sandbox import sandbox_status
     from pocketchat.serve.app import create_app
 

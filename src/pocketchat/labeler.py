@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pocketchat.chat import completion_messages, render_prompt
+from pocketchat.chat_format import completion_messages, render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.tasks import Example, check, format_ok, prompt_messages
 

@@ -154,7 +154,7 @@ def _last_eval(evals: list[dict], folder: Path, key: str) -> dict:
 
 
 def _engine(model_dir: Path):
-    from pocketchat.chat import tool_turn_renderer
+    from pocketchat.chat_format import tool_turn_renderer
     from pocketchat.engine import Engine
     from pocketchat.lora import load_model
     from pocketchat.tokenizer import Tokenizer
@@ -197,7 +197,7 @@ def stage_sft(run: Path, spec: dict) -> dict:
 
 def stage_eval(run: Path, spec: dict) -> dict:
     """The task table of the SFT model (greedy); from a pretrained model, that model's first."""
-    from pocketchat.evals import format_table, task_accuracy
+    from pocketchat.task_eval import format_table, task_accuracy
 
     models = (["base"] if from_base(run) else []) + ["sft"]
     tables, metrics, samples, results = [], {}, [], {}

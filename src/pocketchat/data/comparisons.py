@@ -14,7 +14,7 @@ Optional keys: `margin` (a number: how much better chosen is, subtracted inside 
 (task, style, labeler, ...) are metadata and ignored. A bad line is a `file:line: reason` UserError, or
 with skip_bad=True counted and skipped.
 
-Tokens: each side is rendered with `pocketchat.chat.render` (the checkpoint's chat template) and ends at the
+Tokens: each side is rendered with `pocketchat.chat_format.render` (the checkpoint's chat template) and ends at the
 token that closes its last assistant turn (<|im_end|> in ChatML): the reward model reads its score there,
 exactly where it reads a policy sample that stopped. A reply that did not end stops before that token. The
 completion mask marks the reply's own trained tokens (not the prompt, turn headers or tool outputs): DPO
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pocketchat.chat import render, validate
-from pocketchat.data.chat import read_jsonl
+from pocketchat.chat_format import render, validate
+from pocketchat.data.conversations import read_jsonl
 from pocketchat.data.epochs import EpochBatches
 from pocketchat.errors import UserError
 from pocketchat.tokenizer import Tokenizer

@@ -268,7 +268,7 @@ class Engine:
     device/dtype, when given, move the model in place (nn.Module.to); otherwise the engine uses the model
     as it is, so an RL learner's engine always samples from the current weights. compile: run the decode
     step compiled (see the module docstring; needs a C++ compiler on CPU). tool_turn: the chat format's tool turn,
-    the token ids forced after a tool call given the tool's output (`chat.tool_turn_renderer`); without it the
+    the token ids forced after a tool call given the tool's output (`chat_format.tool_turn_renderer`); without it the
     engine runs no tools (SamplingParams.tools raises).
 
     `generate` and `stream` run a batch to its end. The steps they are made of (`new_row`, `prefill`,
@@ -488,7 +488,7 @@ class Engine:
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.default_stop_ids)
         if params.tools and not self.can_run_tools:
             raise UserError("tools=True needs the tokenizer's <tool_call> and </tool_call> special tokens and the chat "
-                            "format's tool turn (Engine(tool_turn=chat.tool_turn_renderer(tokenizer)))")
+                            "format's tool turn (Engine(tool_turn=chat_format.tool_turn_renderer(tokenizer)))")
         # Token max_pos can still be sampled (from the logits at the last position), it just can't be fed.
         room = min(params.max_tokens, self.config.max_position_embeddings + 1 - len(prompt))
         text = TextStream(self.tokenizer.decode, params.stop) if track_text else None

@@ -4,7 +4,7 @@
     pages.py       GET / (the chat page) and /static
     tool_chat.py   GET /chat/api/tools, POST /chat/api/completions (API key): the page's chat, whose tool calls
                    the server runs
-    labeling.py    GET /label and /label/api/* (API key), only when create_app is given a comparison file
+    label_page.py  GET /label and /label/api/* (API key), only when create_app is given a comparison file
 
 A route gets what it shares through dependencies (state.py): the `ServerState` on `app.state.server`, the
 API-key check, and for labeling the `Labeling` on `app.state.labeling`. Each module below app.py imports
@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from pocketchat.engine import Engine
 from pocketchat.engine.batcher import Batcher
-from pocketchat.serve import labeling, openai_api, pages, tool_chat
+from pocketchat.serve import label_page, openai_api, pages, tool_chat
 from pocketchat.serve.errors import install_error_handlers
 from pocketchat.serve.state import ServerState
 
@@ -82,6 +82,6 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, max_ba
     app.include_router(tool_chat.router)
     app.mount("/static", pages.static_files(), name="static")
     if label is not None:
-        app.state.labeling = labeling.Labeling(engine, label, label_tasks)
-        app.include_router(labeling.router)
+        app.state.labeling = label_page.Labeling(engine, label, label_tasks)
+        app.include_router(label_page.router)
     return app

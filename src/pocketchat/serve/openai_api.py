@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Request
 
-from pocketchat.chat import TOOL_CALL, parse_assistant
+from pocketchat.chat_format import TOOL_CALL, parse_assistant
 from pocketchat.serve.errors import APIError
 from pocketchat.serve.jobs import (Choice, ChunkFrames, GenerationFailed, Job, failed_frame, sse,
                                    stream_response, usage_of)

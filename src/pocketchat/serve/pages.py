@@ -1,4 +1,4 @@
-"""The browser pages: the chat page at / and the files under /static (the labeling page is labeling.py's).
+"""The browser pages: the chat page at / and the files under /static (the labeling page is label_page.py's).
 
 The pages load nothing from elsewhere and run no inline script (PAGE_CSP): even a rendering bug could not
 execute model output. They call the API like any client, with the key the person types.

@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from pocketchat.chat import CHAT_TEMPLATE, render_prompt, render_with_template
+from pocketchat.chat_format import CHAT_TEMPLATE, render_prompt, render_with_template
 from pocketchat.engine import SamplingParams
 from pocketchat.errors import UserError
 from pocketchat.serve.errors import APIError

@@ -128,7 +128,7 @@ class CompletionRequest(Sampling):
     best_of: PositiveInt | None = None
 
 
-# ---- the labeling page's endpoints (serve/labeling.py) ---------------------------------------------------------
+# ---- the labeling page's endpoints (serve/label_page.py) ---------------------------------------------------------
 
 class LabelSamplesRequest(Body):
     """Sample k replies to one prompt: a task-suite prompt by its index, or a prompt the person typed."""

@@ -19,7 +19,7 @@ next message of the turn:
     {"role": "assistant", "content": "..."}, ...                          the model's continuation
 
 and the last frame carries the finish_reason. The page keeps these messages as the conversation, so sending
-them back renders the turns the model saw (`chat.render` writes the same tool turn the engine forced). No
+them back renders the turns the model saw (`chat_format.render` writes the same tool turn the engine forced). No
 markup reaches a delta: the ChatML the engine forces between the turns is what splits them, a call is held
 back until it is whole, and any other special token the model writes is left out of the text.
 """
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, Request
 
-from pocketchat.chat import IM_END, IM_START, TOOL_CALL, missing_tool_tokens, parse_assistant
+from pocketchat.chat_format import IM_END, IM_START, TOOL_CALL, missing_tool_tokens, parse_assistant
 from pocketchat.engine.toolcalls import TOOLS
 from pocketchat.errors import UserError
 from pocketchat.serve.errors import APIError

@@ -30,7 +30,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pocketchat.chat import parse_assistant, render_prompt
+from pocketchat.chat_format import parse_assistant, render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.engine.toolcalls import call_tool
 from pocketchat.engine.tools import Tool

@@ -19,7 +19,7 @@ _ANSWER = re.compile(r"\banswer:[ \t]*([^\n]*)", re.IGNORECASE)
 _ANSWER_LINE = re.compile(r"answer:\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*")
 _EQUATION = re.compile(r"[\d\s+\-*/().]+=\s*(.+)")  # "13 + 70 = 83": a direct reply that restates its sum
-# ChatML's tag (pocketchat.chat.TOOL_CALL) followed by the JSON that names the calculator
+# ChatML's tag (pocketchat.chat_format.TOOL_CALL) followed by the JSON that names the calculator
 _CALCULATOR_CALL = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"calculator"')
 
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pocketchat.alignment_eval import cells_of, policy_eval, token_logprobs
-from pocketchat.chat import tool_turn_renderer
+from pocketchat.chat_format import tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.engine import Engine

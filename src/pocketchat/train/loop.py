@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pocketchat.chat import CHAT_TEMPLATE
+from pocketchat.chat_format import CHAT_TEMPLATE
 from pocketchat.config import TrainConfig
 from pocketchat.errors import UserError
 from pocketchat.files import atomic_write, atomic_write_json, publish_checkpoint, recover

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pocketchat.chat import render
+from pocketchat.chat_format import render
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
 from pocketchat.errors import UserError

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pocketchat.alignment_eval import (Cell, cells_of, next_token_entropy, next_token_logprobs, pick, policy_eval,
                                        token_logprobs)
-from pocketchat.chat import render_prompt, renderable, tool_turn_renderer
+from pocketchat.chat_format import render_prompt, renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
@@ -650,7 +650,7 @@ def run(cfg: RLConfig, policy_dir: str | Path, out: str | Path, resume: bool = F
 
     ptx_data = None
     if cfg.ptx_coef > 0:
-        from pocketchat.data.chat import SFTDataset
+        from pocketchat.data.conversations import SFTDataset
         from pocketchat.data.sft_mixture import embedded_mixture
 
         mixture = embedded_mixture(seed=cfg.seed, direct_equations=cfg.direct_equations)

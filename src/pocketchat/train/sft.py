@@ -11,14 +11,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketchat.chat import renderable, tool_turn_renderer
+from pocketchat.chat_format import renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
-from pocketchat.data.chat import SFTDataset, load_chat_jsonl
+from pocketchat.data.conversations import SFTDataset, load_chat_jsonl
 from pocketchat.data.sft_mixture import embedded_mixture
 from pocketchat.engine import Engine
 from pocketchat.errors import UserError
-from pocketchat.evals import task_accuracy
 from pocketchat.model import CausalLM
+from pocketchat.task_eval import task_accuracy
 from pocketchat.tokenizer import Tokenizer
 from pocketchat.train import dist
 from pocketchat.train.loop import hf_export, train

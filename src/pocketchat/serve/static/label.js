@@ -1,6 +1,6 @@
 // The labeling page: draw a task-suite prompt (or type one), sample k replies from the server, rank them
 // best first by clicking, save. The server keeps the sampled replies and writes every ranked pair to its
-// comparison JSONL (serve/labeling.py). Model text reaches the page only through textContent.
+// comparison JSONL (serve/label_page.py). Model text reaches the page only through textContent.
 "use strict";
 
 const KEYS = { next: "pocketchat.label.next", settings: "pocketchat.label.settings" };

@@ -34,7 +34,7 @@ from typing import Annotated, Sequence
 
 from fastapi import APIRouter, Depends, Request
 
-from pocketchat.chat import completion_messages, render_prompt
+from pocketchat.chat_format import completion_messages, render_prompt
 from pocketchat.data.comparisons import parse_comparison
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError

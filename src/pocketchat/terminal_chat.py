@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pocketchat.chat import completion_messages, render_prompt
+from pocketchat.chat_format import completion_messages, render_prompt
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.errors import UserError
 

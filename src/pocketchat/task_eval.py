@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pocketchat.chat import render_prompt
+from pocketchat.chat_format import render_prompt
 from pocketchat.engine import Engine, SamplingParams
 from pocketchat.tasks import check, format_ok, get_task, prompt_messages
 

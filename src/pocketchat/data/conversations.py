@@ -4,7 +4,7 @@ Files: one conversation per line, either OpenAI-style `{"messages": [{"role": ..
 (tool_calls and tool turns included) or ShareGPT-style `{"conversations": [{"from": "human", "value": ...}]}`.
 A bad record is a `file:line: reason` UserError, or with skip_bad=True counted and skipped.
 
-Rows: each conversation is rendered with `pocketchat.chat.render`, and several are packed into one row of
+Rows: each conversation is rendered with `pocketchat.chat_format.render`, and several are packed into one row of
 seq_len positions. A conversation in a row must not see the one before it, so every row carries segment
 ids (`doc_ids`: 1, 2, ... per conversation, 0 for padding) from which `block_causal_mask` builds the
 attention mask, and `position_ids` that restart at 0 for each conversation, as if it were alone.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketchat.chat import render, validate
+from pocketchat.chat_format import render, validate
 from pocketchat.data.epochs import EpochBatches
 from pocketchat.errors import UserError
 from pocketchat.json_text import BLANK, json_line
