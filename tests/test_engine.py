@@ -1,5 +1,6 @@
 """The engine computes what a full forward computes, samples what it is asked to, and stops where it must."""
 
+import copy
 import json
 
 import pytest
@@ -318,12 +319,21 @@ def test_shared_prompts_prefill_once_and_sample_what_separate_prefills_sample(en
 def test_compiled_decode_gives_the_eager_tokens(model, tok):
     """The compiled static-cache step and the eager step agree token for token: greedy, and sampled with seeds,
     over a ragged batch (holes under the mask) whose rows finish at different steps (the batch shrinks to 1)."""
+    model = copy.deepcopy(model)  # its weights change below
     eager, compiled = Engine(model, tok), Engine(model, tok, compile=True)
     ps = prompts(tok)
     greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=True)
     sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=i, max_tokens=6 + 6 * i, ignore_eos=True, logprobs=True)
                for i in range(len(ps))]
-    for params in (greedy, sampled, greedy):  # the second greedy run reuses the compiled step
+    before = None
+    for params in (greedy, sampled, greedy, "new weights", greedy):  # the second greedy run reuses the compiled step
+        if params == "new weights":  # the compiled step froze the weights: an in-place change must recompile it
+            before = compiled.generate(ps, greedy)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.5)
+            continue
         want, got = eager.generate(ps, params), compiled.generate(ps, params)
         assert [c.token_ids for c in got] == [c.token_ids for c in want]
         assert max(abs(x - y) for a, b in zip(got, want) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+    assert [c.token_ids for c in got] != [c.token_ids for c in before]  # the change did change the greedy tokens

@@ -191,7 +191,7 @@ class LlamaModel(nn.Module):
         if position_ids is None:
             start = cache.length if cache is not None else 0
             position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        if position_ids.max() >= self.config.max_position_embeddings:
+        if not torch.compiler.is_compiling() and position_ids.max() >= self.config.max_position_embeddings:
             raise ValueError(f"position {int(position_ids.max())} is past the context length {self.config.max_position_embeddings}")
         x = self.embed_tokens(input_ids)
         cos, sin = rope(position_ids, self.config.head_dim, self.config.rope_theta)

@@ -16,9 +16,8 @@ prefill: the prompt goes through the model once and its cache rows are copied to
 `Engine(compile=True)` runs the plain decode step as one `torch.compile`d function over the whole cache (the
 approach of PyTorch's gpt-fast): the step writes its token at a slot given as a tensor and attends to every
 slot under the valid mask, so its shapes and code are the same at every step and it compiles once per batch
-layout, not once per length. It is opt-in: on the development machine's CPU it does not pay (README, "Measured":
-inductor turns the in-place cache write and the key/value head expansion into copies of each layer's whole cache
-at every step, which costs more than the fused small ops save), so the eager step is the default.
+layout, not once per length. The weights are frozen into it (see `_compile_options`), so it is for a model whose
+weights stay put while it serves (chat, sample, serve --compile); when they change the step compiles again.
 """
 
 from __future__ import annotations
@@ -157,13 +156,44 @@ class _SlotWrite:
         return self.k[layer_idx], self.v[layer_idx]
 
 
-def _static_step(model: CausalLM, tokens: torch.Tensor, pos: torch.Tensor, cache: _SlotWrite) -> torch.Tensor:
+def _compile_options(device: torch.device) -> dict:
+    """Inductor settings of the compiled decode step. A batch-1 step is a pass over every weight for a few
+    multiply-adds each, so it runs at the speed of its matrix-vector products: freezing folds the weights into
+    the graph as constants, which lets inductor pack them once for its own GEMM kernels (on CPU the C++
+    template, picked by max-autotune against oneDNN), measured ~2x per step on SmolLM2 (README, "Measured")."""
+    options = dict(freezing=True, max_autotune=True)
+    if device.type == "cpu":
+        # concat_linear: q/k/v, and gate/up, read as one packed matrix each (fewer, longer passes over memory)
+        options |= {"max_autotune_gemm_backends": "CPP,ATEN", "cpp.enable_concat_linear": True}
+    options["max_autotune_report_choices_stats"] = False  # timing tables on stderr, in the middle of a chat
+    return options
+
+
+class _DecodeStep(torch.nn.Module):
     """One token per row ([B, 1] at positions pos [B]) over the whole cache; returns fp32 logits [B, V].
-    Every slot is attended to under the valid mask (unwritten slots are invalid), so no shape depends on
-    the step: what `torch.compile` needs to trace it once."""
-    cache.valid.index_fill_(1, cache.at, True)
-    h = model.model(tokens, position_ids=pos.unsqueeze(1), attn_mask=cache.valid[:, None, None, :], cache=cache)
-    return model.lm_head(h[:, -1]).float()
+
+    Every slot is attended to under the valid mask (unwritten slots are invalid), so no shape depends on the
+    step: what `torch.compile` needs to trace it once. A module holding the model, so that the compiler sees the
+    weights as the module's constants (freezing) rather than as inputs of the graph."""
+
+    made = 0  # _DecodeSteps made in this process
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.model = model
+        _DecodeStep.made += 1
+        self.key = _DecodeStep.made
+
+    def forward(self, tokens, pos, k, v, valid, at):
+        # Frozen weights are constants of the compiled graph, but the compiler guards a module's weights by their
+        # shapes only; reading this step's own key here makes it guard on the key too, so a new step (another
+        # model, or new weights) compiles afresh instead of reusing a graph that holds other weights.
+        if self.key <= 0:
+            raise AssertionError("unreachable")
+        cache = _SlotWrite(k, v, valid, at)
+        valid.index_fill_(1, at, True)
+        h = self.model.model(tokens, position_ids=pos.unsqueeze(1), attn_mask=valid[:, None, None, :], cache=cache)
+        return self.model.lm_head(h[:, -1]).float()
 
 
 class TextStream:
@@ -285,12 +315,10 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.max_batch_size = max_batch_size
+        self.compile = compile
         if compile:
             check_compile(self.device)
-            # dynamic: one graph for every batch size and cache capacity (rows finish, prompts differ in length).
-            self._step = torch.compile(_static_step, dynamic=True)
-        else:
-            self._step = None
+        self._step, self._step_weights = None, None
         tid = tokenizer.token_id
         self.tool_open, self.tool_close = tid("<tool_call>"), tid("</tool_call>")
         self.tool_turn = tool_turn
@@ -344,6 +372,8 @@ class Engine:
         """The rows' prompts through the model: a batch whose cache has `room` slots free after the widest
         prompt and whose logits predict each row's first token. Rows with the same prompt share its forward
         and copy its cache rows, so the n samples of a prompt cost one prefill."""
+        if self.compile:
+            self._refresh_step()
         index: dict[tuple[int, ...], int] = {}
         source = [index.setdefault(tuple(r.prompt), len(index)) for r in rows]  # each row's unique prompt
         width = max(len(r.prompt) for r in rows)
@@ -364,9 +394,10 @@ class Engine:
         """Feed each row what it has not fed yet: its sampled token, plus any forced tool turn after it."""
         if any(r.pending for r in batch.rows):
             self._feed_pending(batch)
-        elif self._step is not None:
+        elif self.compile:
             view = batch.cache.step_view()
-            batch.logits = self._step(self.model, batch.last, batch.pos, view)
+            with torch._inductor.config.patch(_compile_options(self.device)):
+                batch.logits = self._step(batch.last, batch.pos, view.k, view.v, view.valid, view.at)
             batch.cache.length += 1
             batch.pos += 1
         else:
@@ -374,6 +405,18 @@ class Engine:
             h = self.model.model(batch.last, position_ids=batch.pos.unsqueeze(1), attn_mask=mask, cache=batch.cache)
             batch.pos += 1
             batch.logits = self.model.lm_head(h[:, -1]).float()
+
+    def _refresh_step(self) -> None:
+        """(Re)compile the decode step when the weights are not the ones it froze: an optimizer step or a loaded
+        state dict writes them in place (which bumps each tensor's version), or a parameter was replaced."""
+        weights = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        if weights != self._step_weights:
+            from torch._inductor import select_algorithm  # imported here: it loads the whole compiler
+
+            select_algorithm.PRINT_AUTOTUNE = False  # its other timing tables (the module has no setting for them)
+            # dynamic: one graph for every batch size and cache capacity (rows finish, prompts differ in length).
+            self._step = torch.compile(_DecodeStep(self.model), dynamic=True)
+            self._step_weights = weights
 
     def _feed_pending(self, batch: Batch) -> None:
         """A chunk per row: the sampled token and the forced tool turn after it (rows without one feed one
