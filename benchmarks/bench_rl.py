@@ -33,16 +33,15 @@ install it in a separate virtualenv if it would change this one's transformers, 
         /tmp/trlvenv/bin/pip install -e . trl==1.10.0
 Without it the table says so and shows pocketchat alone.
 
---algo grpo measures instead what the engine's speed-ups (issue 18: shared-prompt prefill, compiled decode) give
-a GRPO episode: batch 16 = 4 prompts x group 4, up to 64 new tokens, 2 epochs, minibatch 8, the task reward
-(the tiny RL preset's settings), this tree against the same tree with the engine of main before issue 18
-(`src/pocketchat/engine` at --old-engine, read with `git show`). Both sides run in subprocesses of their own and
-take turns (--rounds); medians of the RLTrainer's logged figures.
+--algo grpo measures a GRPO episode against main before issue 18 (generation speed): batch 16 = 4 prompts x
+group 4, up to 64 new tokens, 2 epochs, minibatch 8, the task reward (the tiny RL preset's settings), this tree
+against the whole package at --old-rev (`src/pocketchat` read with `git show`), same settings, same --dtype.
+Both sides run in subprocesses of their own and take turns (--rounds); medians of the RLTrainer's logged figures.
 
 Usage:
     python benchmarks/bench_rl.py [--model DIR] [--trl-python /tmp/trlvenv/bin/python] [--episodes 3]
                                   [--rounds 2] [--batch 16] [--response-len 53] [--epochs 4] [--threads N]
-    python benchmarks/bench_rl.py --algo grpo [--old-engine REV] [--episodes 3] [--rounds 2] [--threads N]
+    python benchmarks/bench_rl.py --algo grpo [--old-rev REV] [--episodes 3] [--rounds 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ import time
 from pathlib import Path
 
 TRL_VERSION = "1.10.0"
-MAIN_BEFORE_ISSUE_18 = "04167764c8dd"  # the commit whose engine --algo grpo compares against
+MAIN_BEFORE_ISSUE_18 = "04167764c8dd"  # the commit --algo grpo compares against
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -102,7 +101,10 @@ def build(root: Path, args) -> dict:
 def task_prompts(tok, needed: int, max_len: int) -> list[tuple[list[int], object]]:
     """`needed` distinct train-split arithmetic prompts of at most max_len tokens in the chat format, with their
     examples (what the task reward checks), the same on every call."""
-    from pocketchat.chat_format import render_prompt
+    try:
+        from pocketchat.chat_format import render_prompt
+    except ImportError:  # --algo grpo's old tree, before the module was renamed
+        from pocketchat.chat import render_prompt
     from pocketchat.tasks import mixture, prompt_messages
 
     prompts, seen = [], set()
@@ -244,24 +246,20 @@ def trl_worker(spec_file: str) -> None:
     Path(spec["result"]).write_text(json.dumps(episodes))
 
 
-# ---- GRPO: this tree vs main's engine before issue 18 (subprocesses) -------------------------------------------
+# ---- GRPO: this tree vs main before issue 18 (subprocesses) ------------------------------------------------------
 
 GROUP, GRPO_TOKENS, GRPO_EPOCHS, GRPO_MINIBATCH = 4, 64, 2, 8  # the tiny RL preset's settings
 
 
-def old_engine_tree(root: Path, rev: str) -> Path:
-    """A copy of this tree's package with `engine/` as it was at `rev`: the old side differs in the engine only."""
-    import shutil
-
-    tree = root / "old-engine"
-    shutil.copytree(REPO / "src" / "pocketchat", tree / "pocketchat", ignore=shutil.ignore_patterns("__pycache__"))
-    engine = tree / "pocketchat" / "engine"
-    shutil.rmtree(engine)
+def old_tree(root: Path, rev: str) -> Path:
+    """The package as it was at `rev` (engine, RL trainer, model: everything an episode runs)."""
+    tree = root / "old-tree"
     git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, check=True).stdout
-    for path in git("ls-tree", "-r", "--name-only", rev, "src/pocketchat/engine").split():
+    for path in git("ls-tree", "-r", "--name-only", rev, "src/pocketchat").split():
         target = tree / path.removeprefix("src/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(git("show", f"{rev}:{path}"))
+        target.write_bytes(subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"], capture_output=True,
+                                          check=True).stdout)
     return tree
 
 
@@ -270,7 +268,7 @@ def grpo_round(setup: dict, prompts: int, args, root: Path, name: str, tree: Pat
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(Path(__file__).parent)])}
     return run_worker(sys.executable, "--grpo-worker", spec, result, env, dict(
         policy=setup["policy"], offset=prompts, batch=args.batch, episodes=args.episodes + 1, threads=args.threads,
-        dtype=args.dtype, max_prompt_len=args.max_prompt_len, result=str(result)))
+        dtype=args.dtype, compile=args.compile, max_prompt_len=args.max_prompt_len, result=str(result)))
 
 
 def grpo_worker(spec_file: str) -> None:
@@ -287,8 +285,8 @@ def grpo_worker(spec_file: str) -> None:
     B, n = spec["batch"], spec["episodes"]
     cfg = RLConfig(algo="grpo", steps=n, batch_size=B, group_size=GROUP, minibatch_size=GRPO_MINIBATCH,
                    micro_batch_size=GRPO_MINIBATCH, max_tokens=GRPO_TOKENS, epochs=GRPO_EPOCHS, lr=1e-5,
-                   warmup_steps=0, schedule="constant", dtype=spec["dtype"], device="cpu", eval_every=0,
-                   save_every=0, log_every=1, eval_n=0)
+                   warmup_steps=0, schedule="constant", dtype=spec["dtype"], compile=spec["compile"], device="cpu",
+                   eval_every=0, save_every=0, log_every=1, eval_n=0)
     tok = Tokenizer.load(spec["policy"])
     policy, ref = CausalLM.from_pretrained(spec["policy"]), CausalLM.from_pretrained(spec["policy"])
     trainer = RLTrainer(cfg, policy, tok, ref, task_reward(0.0))
@@ -305,12 +303,13 @@ def grpo_worker(spec_file: str) -> None:
 def grpo_main(args) -> None:
     import torch
 
-    sides = {"this tree": REPO / "src", f"main's engine before issue 18 ({args.old_engine})": None}
+    old = f"main before issue 18 ({args.old_rev})"
+    sides = {"this tree": REPO / "src", old: None}
     results = {name: [] for name in sides}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         setup = build(root, args)
-        sides[f"main's engine before issue 18 ({args.old_engine})"] = old_engine_tree(root, args.old_engine)
+        sides[old] = old_tree(root, args.old_rev)
         per_round = args.batch // GROUP * (args.episodes + 1)
         for r in range(args.rounds):
             for i, (name, tree) in reversed(list(enumerate(sides.items()))) if r % 2 else enumerate(sides.items()):
@@ -321,16 +320,16 @@ def grpo_main(args) -> None:
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nGRPO, tiny preset shape, random weights ({setup['params'] / 1e6:.1f} M params), batch {args.batch} = "
           f"{args.batch // GROUP} prompts x group {GROUP}, <= {GRPO_TOKENS} new tokens, {GRPO_EPOCHS} epochs, minibatch "
-          f"{GRPO_MINIBATCH}, task reward, {args.dtype}, {torch.get_num_threads()} torch threads, {args.rounds} rounds x "
+          f"{GRPO_MINIBATCH}, task reward, {args.dtype}{', compiled update' if args.compile else ''}, {torch.get_num_threads()} torch threads, {args.rounds} rounds x "
           f"{args.episodes} measured episodes per side, medians; load average at the end: {load_avg}\n")
-    print("| engine | episodes | s per episode | rollout s | rollout tok/s | rest of the episode s | mean response tokens |")
+    print("| tree | episodes | s per episode | rollout s | rollout tok/s | rest of the episode s | mean response tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in sides:
         print(f"| {name} | {len(results[name])} | {med(name, 'episode_s'):.3f} | {med(name, 'rollout_s'):.3f} | "
               f"{med(name, 'rollout_tps'):.0f} | {med(name, 'episode_s') - med(name, 'rollout_s'):.3f} | "
               f"{statistics.mean(e['length'] for e in results[name]):.1f} |")
     new, old = sides
-    print(f"\nthis tree / old engine, time per episode: {med(new, 'episode_s') / med(old, 'episode_s'):.2f} "
+    print(f"\nthis tree / main before issue 18, time per episode: {med(new, 'episode_s') / med(old, 'episode_s'):.2f} "
           f"(rollout {med(new, 'rollout_s') / med(old, 'rollout_s'):.2f})")
 
 
@@ -373,8 +372,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch's default)")
     ap.add_argument("--skip-trl", action="store_true")
-    ap.add_argument("--algo", default="ppo", choices=["ppo", "grpo"], help="grpo: this tree vs --old-engine (no TRL)")
-    ap.add_argument("--old-engine", default=MAIN_BEFORE_ISSUE_18, help="the commit whose engine --algo grpo runs")
+    ap.add_argument("--algo", default="ppo", choices=["ppo", "grpo"], help="grpo: this tree vs --old-rev (no TRL)")
+    ap.add_argument("--compile", action="store_true", help="grpo: RLConfig.compile on both sides (the update's "
+                    "forward and backward; the first episode, not counted, compiles)")
+    ap.add_argument("--old-rev", default=MAIN_BEFORE_ISSUE_18, help="the commit --algo grpo compares against")
     args = ap.parse_args()
     if args.algo == "grpo":
         return grpo_main(args)

@@ -126,6 +126,22 @@ def test_filters_that_leave_one_token_equal_greedy(engine, tok, filters):
     assert [g.token_ids for g in greedy] == [s.token_ids for s in sampled]
 
 
+def test_sampler_draws_from_the_filtered_softmax():
+    """20,000 seeded rows of one logits vector: each token's frequency is its probability after temperature and
+    top-p (within 5 standard errors), and a token top-p removed is never drawn."""
+    from pocketchat.engine.sampling import Sampler
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    n, params = 20_000, SamplingParams(temperature=0.8, top_p=0.9)
+    sampler = Sampler([SamplingParams(temperature=0.8, top_p=0.9, seed=i) for i in range(n)], 6, torch.device("cpu"))
+    counts = torch.bincount(sampler(logits.expand(n, -1).clone()), minlength=6).double()
+    p = (logits / params.temperature).softmax(-1).double()
+    kept = (p.cumsum(0) - p) < params.top_p  # the mass before a kept token is below top_p
+    p = torch.where(kept, p, 0.0) / p[kept].sum()
+    assert counts[~kept].sum() == 0 and (~kept).any()
+    assert ((counts / n - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-12).all(), (counts / n, p)
+
+
 def test_top_k_samples_only_among_the_k_most_likely(engine, tok):
     out = engine.generate([tok.encode("Hello")], SamplingParams(temperature=2.0, top_k=4, seed=5, max_tokens=40,
                                                                 ignore_eos=True, top_logprobs=4))[0]

@@ -35,7 +35,7 @@ from pocketchat.chat_format import render_prompt, renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
 from pocketchat.errors import UserError
-from pocketchat.hardware import autocast_dtype
+from pocketchat.hardware import autocast_dtype, check_compile
 from pocketchat.labeler import ProgrammaticLabeler
 from pocketchat.model import CausalLM, RewardModel
 from pocketchat.tasks import Example, check, format_ok, get_task, prompt_messages
@@ -205,6 +205,9 @@ class RLTrainer:
         self.ptx_data = ptx_data  # an SFTDataset: get_batch(i, batch_size) is a pure function of i
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
         self.model = dist.wrap(self.learner, self.info, fsdp=False)  # what the update runs through: DDP under torchrun
+        if cfg.compile:  # the update's forward and backward; the engine samples eagerly from the same weights
+            check_compile(self.device)
+            self.model = torch.compile(self.model, dynamic=True)  # each micro-batch is as wide as its longest row
         self.optimizer, self.scheduler = optimizer_and_schedule(self.learner, cfg, fused=self.device.type in ("cpu", "cuda"))
         # samples from the live weights: no copy to sync
         self.engine = Engine(policy, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
