@@ -17,7 +17,7 @@ prefill: the prompt goes through the model once and its cache rows are copied to
 approach of PyTorch's gpt-fast): the step writes its token at a slot given as a tensor and attends to every
 slot under the valid mask, so its shapes and code are the same at every step and it compiles once per batch
 layout, not once per length. The weights are frozen into it (see `_compile_options`), so it is for a model whose
-weights stay put while it serves (chat, sample, serve --compile); when they change the step compiles again.
+weights stay put while it generates (chat --compile, sample --compile); when they change it compiles again.
 """
 
 from __future__ import annotations
