@@ -1,4 +1,5 @@
-"""`--rag INDEX` on `ask` and `chat` (the passages found for a question reach the model); constrained `sample`."""
+"""`--rag INDEX` on `ask` and `chat` (the passages found for a question reach the model); constrained and compiled
+`sample`."""
 
 import pytest
 import torch
@@ -95,3 +96,18 @@ def test_serve_rag_puts_retrieved_passages_into_chat_requests(setup):
     # the model saw the grounded-QA prompt over the retrieved passages, which hold the answer
     grounded = render_prompt(engine.tokenizer, [{"role": "user", "content": augment(q.question)}])
     assert q.answer in engine.tokenizer.decode(grounded) and r.usage.prompt_tokens == len(grounded)
+
+
+@pytest.mark.slow  # torch.compile with max-autotune: a minute or two on 2 CPU cores
+def test_sample_compile_prints_what_the_eager_engine_prints(setup, capsys):
+    model, _, _ = setup
+    args = ["sample", "--model", str(model), "--prompt", "The capital", "--temperature", "0", "--max-tokens", "12"]
+    capsys.readouterr()
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    from pocketchat.engine.generate import _DecodeStep
+
+    steps = _DecodeStep.made
+    assert main([*args, "--compile"]) == 0
+    assert capsys.readouterr().out == eager
+    assert _DecodeStep.made == steps + 1  # the compiled step did the decoding
