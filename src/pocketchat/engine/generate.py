@@ -318,6 +318,7 @@ class Engine:
         self.compile = compile
         if compile:
             check_compile(self.device)
+            self._compile_options = _compile_options(self.device)
         self._step, self._step_weights = None, None
         tid = tokenizer.token_id
         self.tool_open, self.tool_close = tid("<tool_call>"), tid("</tool_call>")
@@ -396,7 +397,7 @@ class Engine:
             self._feed_pending(batch)
         elif self.compile:
             view = batch.cache.step_view()
-            with torch._inductor.config.patch(_compile_options(self.device)):
+            with torch._inductor.config.patch(self._compile_options):
                 batch.logits = self._step(batch.last, batch.pos, view.k, view.v, view.valid, view.at)
             batch.cache.length += 1
             batch.pos += 1
