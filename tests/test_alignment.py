@@ -664,8 +664,8 @@ class Uniform(nn.Module):
         super().__init__()
         self.vocab = vocab
 
-    def forward(self, input_ids):
-        return torch.zeros(*input_ids.shape, self.vocab)
+    def forward(self, input_ids, logits_to_keep=0):
+        return torch.zeros(input_ids.shape[0], logits_to_keep or input_ids.shape[1], self.vocab)
 
 
 def test_dpo_loss_is_the_formula():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pocketchat.alignment_eval import token_logprobs
+from pocketchat.alignment_eval import first_scored, token_logprobs
 from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
@@ -172,6 +172,38 @@ def test_learner_logprobs_equal_the_engines_and_forced_tokens_are_masked(tok):
         assert ro.mask[i, span].tolist() == [not f for f in c.forced]
         assert ro.mask[i].sum() == len(c.token_ids) - sum(c.forced)  # nothing outside the completion
         torch.testing.assert_close(logp[i, span], torch.tensor(c.logprobs), atol=2e-5, rtol=0)
+
+
+def test_scoring_from_the_first_completion_position_equals_scoring_everything(tok):
+    model = tiny_lm(tok).eval()
+    ps = prompts(tok)
+    completions = Engine(model, tok).generate([p.ids for p in ps], SamplingParams(max_tokens=12, seed=0))
+    ro = make_rollout(ps, completions, tok.pad_id, "cpu")
+    first = first_scored(ro.mask)
+    assert first == min(len(p.ids) for p in ps) - 1 > 0
+    with torch.no_grad():
+        full, part = token_logprobs(model, ro.input_ids, ro.targets), token_logprobs(model, ro.input_ids, ro.targets, first)
+    assert part.shape == full.shape and not part[:, :first].any()
+    torch.testing.assert_close(part[:, first:], full[:, first:], atol=1e-6, rtol=0)
+    assert first_scored(torch.zeros(2, 5, dtype=torch.bool)) == 0
+
+
+def test_an_fp32_learner_takes_the_engines_logprobs_as_the_old_policys(tok):
+    """Skipping the teacher-forced old-policy pass in fp32 changes nothing an episode computes beyond rounding."""
+    policy, reward = tiny_lm(tok), contains(digits(tok))
+    runs = []
+    for from_engine in (True, False):
+        trainer = RLTrainer(toy_cfg(kl_coef=0.1), copy_of(policy), tok, copy_of(policy), reward)
+        assert trainer.old_logprobs_from_engine
+        trainer.old_logprobs_from_engine = from_engine
+        runs.append((trainer.step(0, prompts(tok)), trainer.policy.state_dict()))
+    (a, wa), (b, wb) = runs
+    for k in ("policy_loss", "kl_loss", "kl", "entropy", "logprob_gap", "grad_norm"):
+        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=3e-4, rtol=0, msg=k)  # Adam steps are ~lr = 1e-2 each
+    bf16 = RLTrainer(toy_cfg(dtype="bfloat16"), copy_of(policy), tok, copy_of(policy), reward)
+    assert not bf16.old_logprobs_from_engine
 
 
 def test_reward_model_scores_each_sample_at_its_last_token(tok):

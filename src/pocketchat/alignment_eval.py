@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pocketchat.chat_format import render_prompt
 from pocketchat.engine import Completion, Engine, SamplingParams
@@ -35,12 +36,12 @@ GENERATE_CHUNK = 64  # prompts per engine batch when sampling an eval: bounds th
 MICRO_BATCH = 16  # sequences per teacher-forced forward pass: bounds the [B, T, vocab] logits in memory
 
 
-def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] log-distribution of the next token at every input position, in fp32.
+def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor, first: int = 0) -> torch.Tensor:
+    """[B, T - first, V] log-distribution of the next token at input positions first..T-1, in fp32.
 
     Right padding needs no attention mask under causal attention: real tokens never see the pads after them, so
     these equal the engine's logprobs (which it computes with left padding and a hole mask)."""
-    return model(input_ids).float().log_softmax(-1)
+    return model(input_ids, logits_to_keep=input_ids.shape[1] - first).float().log_softmax(-1)
 
 
 def pick(logp_all: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -53,10 +54,17 @@ def next_token_entropy(logp_all: torch.Tensor) -> torch.Tensor:
     return -(logp_all.exp() * logp_all).sum(-1)
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0) -> torch.Tensor:
     """[B, T] log p(targets[:, t] | input_ids[:, :t+1]): the one teacher-forced scoring RL, DPO and the evals share
-    (for a whole sequence `ids`: input_ids = ids[:, :-1], targets = ids[:, 1:])."""
-    return pick(next_token_logprobs(model, input_ids), targets)
+    (for a whole sequence `ids`: input_ids = ids[:, :-1], targets = ids[:, 1:]). Positions before `first` (a
+    prompt, which the caller masks out) are not scored and read 0."""
+    return F.pad(pick(next_token_logprobs(model, input_ids, first), targets[:, first:]), (first, 0))
+
+
+def first_scored(mask: torch.Tensor) -> int:
+    """The first position any row of a [B, T] mask scores (0 when none does): where `first` can start."""
+    cols = mask.any(0).nonzero()
+    return int(cols[0]) if len(cols) else 0
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:

@@ -261,9 +261,14 @@ class CausalLM(HFFolder, nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
 
-    def forward(self, input_ids, targets=None, *, position_ids=None, attn_mask=None, cache=None):
-        """Returns logits [B, T, V], or the mean cross-entropy over targets != -100 when targets are given."""
+    def forward(self, input_ids, targets=None, *, position_ids=None, attn_mask=None, cache=None, logits_to_keep=0):
+        """Returns logits [B, T, V], or the mean cross-entropy over targets != -100 when targets are given.
+        logits_to_keep > 0 (as in transformers) keeps the logits of the last that many positions only: scoring a
+        completion needs none at its prompt's positions, and the vocabulary projection is a large part of a
+        small model's work."""
         h = self.model(input_ids, position_ids, attn_mask, cache)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
         if targets is None:
             return self.lm_head(h)
         logits = self.lm_head(h).float()

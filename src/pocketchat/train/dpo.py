@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pocketchat.alignment_eval import cells_of, policy_eval, token_logprobs
+from pocketchat.alignment_eval import cells_of, first_scored, policy_eval, token_logprobs
 from pocketchat.chat_format import tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.data.comparisons import PairDataset, train_and_held_out
@@ -58,8 +58,8 @@ PRESETS: dict[str, dict] = {
 
 def completion_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
     """[rows] sum of log p over each row's completion tokens (input position p predicts token p + 1)."""
-    ids = batch["input_ids"]
-    return (token_logprobs(model, ids[:, :-1], ids[:, 1:]) * batch["completion_mask"][:, 1:]).sum(1)
+    ids, mask = batch["input_ids"], batch["completion_mask"][:, 1:]
+    return (token_logprobs(model, ids[:, :-1], ids[:, 1:], first_scored(mask)) * mask).sum(1)
 
 
 def dpo_loss(model: nn.Module, batch: Batch, beta: float) -> torch.Tensor:

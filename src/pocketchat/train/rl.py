@@ -27,10 +27,11 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pocketchat.alignment_eval import (Cell, cells_of, next_token_entropy, next_token_logprobs, pick, policy_eval,
-                                       token_logprobs)
+from pocketchat.alignment_eval import (Cell, cells_of, first_scored, next_token_entropy, next_token_logprobs, pick,
+                                       policy_eval, token_logprobs)
 from pocketchat.chat_format import render_prompt, renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
@@ -168,14 +169,18 @@ class Learner(nn.Module):
         self.register_buffer("kl_coef", torch.tensor(kl_coef, dtype=torch.float64))
         self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # running score count, mean, m2
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, ptx: dict | None = None):
-        """(log p of targets, critic values or None, the SFT loss on batch ptx or None) in one call, so that under
-        DDP each backward follows exactly one forward of the wrapped module."""
-        logp = token_logprobs(self.policy, input_ids, targets)
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0, ptx: dict | None = None):
+        """(log p of targets from position `first` on, the entropy there (no gradient), critic values or None,
+        the SFT loss on batch ptx or None) in one call, so that under DDP each backward follows exactly one
+        forward of the wrapped module."""
+        logp_all = next_token_logprobs(self.policy, input_ids, first)
+        with torch.no_grad():
+            entropy = F.pad(next_token_entropy(logp_all), (first, 0))
+        logp = F.pad(pick(logp_all, targets[:, first:]), (first, 0))
         values = self.critic(input_ids, "all").float() if self.critic is not None else None
         ptx_loss = self.policy(ptx["input_ids"], ptx["targets"], position_ids=ptx["position_ids"],
                                attn_mask=ptx["attn_mask"]) if ptx is not None else None
-        return logp, values, ptx_loss
+        return logp, entropy, values, ptx_loss
 
 
 class RLTrainer:
@@ -212,6 +217,10 @@ class RLTrainer:
         # samples from the live weights: no copy to sync
         self.engine = Engine(policy, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
         self.amp = autocast_dtype(self.device, cfg.dtype)
+        # The engine samples from these very weights in fp32. When the learner also runs in fp32 (no autocast), the
+        # engine's log-probs are the old policy's, equal to a teacher-forced pass to float rounding (tested), so
+        # that pass is skipped; under autocast they differ by bf16 rounding, and the learner's own are recomputed.
+        self.old_logprobs_from_engine = self.amp is None and self.engine.dtype == torch.float32
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
     @property
@@ -298,9 +307,10 @@ class RLTrainer:
         t1 = time.perf_counter()
         mask = ro.mask
         with torch.no_grad(), self.autocast():
-            old_logp, entropy = self._batched(self._logprobs_and_entropy, ro)
-            ref_logp, = self._batched(lambda x, y: (token_logprobs(self.ref, x, y),), ro)
-            old_values = self._batched(lambda x, y: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
+            old_logp = (ro.engine_logprobs if self.old_logprobs_from_engine else
+                        self._batched(lambda x, y, first: (token_logprobs(self.policy, x, y, first),), ro)[0])
+            ref_logp, = self._batched(lambda x, y, first: (token_logprobs(self.ref, x, y, first),), ro)
+            old_values = self._batched(lambda x, y, _: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
             gold = self.score(self.gold_fn, first) if self.gold_fn else None
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_kind()) * mask
         seq_kl = kl.sum(1).mean().item()
@@ -327,10 +337,8 @@ class RLTrainer:
             "score": scores.mean().item(),  # what the learner saw: normalised, clipped, minus the missing-end penalty
             "kl": seq_kl,  # per sequence, the configured estimator
             "kl_coef": kl_coef,
-            "entropy": masked_mean(entropy, mask).item(),
             "length": sampled / len(ro.completions),
             "ended": sum(c.finish_reason != "length" for c in ro.completions) / len(ro.completions),
-            "logprob_gap": masked_mean((old_logp - ro.engine_logprobs).abs(), mask).item(),  # learner vs engine
             **stats,
             **sampling,
             "rollout_tokens_per_s": sampled / (t1 - t0),
@@ -358,16 +366,20 @@ class RLTrainer:
     def update(self, step: int, ro: Rollout, advantages, returns, old_logp, old_values, ref_logp) -> dict:
         """cfg.epochs passes over the episode in shuffled minibatches, one optimizer step each. A minibatch is
         split into the ranks' shares and those into micro-batches, whose token-weighted losses add up to the
-        minibatch's mean over actions (DDP averages the ranks' gradients, so each rank's part is scaled by W)."""
+        minibatch's mean over actions (DDP averages the ranks' gradients, so each rank's part is scaled by W).
+        The first epoch's forwards also give the policy's entropy on every sampled token and, on the rows of the
+        first optimizer step (still the sampling weights), the gap between the learner's and the engine's
+        log-probs."""
         cfg = self.cfg
         B, W = len(ro.lengths), self.info.world_size
         micro_size = cfg.micro_batch_size or cfg.minibatch_size
         order_rng = torch.Generator().manual_seed(random.Random(f"rl-order/{cfg.seed}/{step}").getrandbits(62))
         shares: dict[str, float] = defaultdict(float)  # this rank's part of each minibatch mean, summed over steps
         totals: dict[str, float] = defaultdict(float)  # the same on every rank
+        first_pass = torch.zeros(4, dtype=torch.float64)  # this rank's entropy sum, tokens, |gap| sum, tokens
         n_steps = 0
         self.model.train()
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             for mb in torch.randperm(B, generator=order_rng).to(self.device).split(cfg.minibatch_size):
                 mb_tokens = ro.mask[mb].sum()
                 micros = mb.tensor_split(W)[self.info.rank].split(micro_size)
@@ -384,7 +396,13 @@ class RLTrainer:
                            if last and cfg.ptx_coef > 0 else None)
                     # DDP: only the last micro-batch of a step all-reduces gradients
                     with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
-                        logp, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets), ptx)
+                        logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets),
+                                                                     first_scored(mask), ptx)
+                    if epoch == 0:
+                        gap = (logp.detach() - cut(ro.engine_logprobs)).abs() if n_steps == 0 else None
+                        first_pass += torch.stack([(entropy * mask).sum(), mask.sum(),
+                                                   (gap * mask).sum() if gap is not None else mask.new_zeros(()),
+                                                   mask.sum() if gap is not None else mask.new_zeros(())]).double().cpu()
                     pg_loss, clip_frac = clipped_policy_loss(logp, cut(old_logp), cut(advantages), mask, cfg.clip)
                     loss = pg_loss
                     parts = {"policy_loss": pg_loss, "clip_frac": clip_frac,
@@ -409,17 +427,22 @@ class RLTrainer:
                     totals["grad_norm"] += grad_norm
                 n_steps += 1
         self.model.eval()
-        totals |= zip(shares, dist.sum_across_ranks(list(shares.values())))
-        return {k: v / n_steps for k, v in totals.items()}
-
-    def _logprobs_and_entropy(self, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logp_all = next_token_logprobs(self.policy, input_ids)
-        return pick(logp_all, targets), next_token_entropy(logp_all)
+        *shares_summed, ent, ent_n, gap, gap_n = dist.sum_across_ranks(list(shares.values()) + first_pass.tolist())
+        totals |= zip(shares, shares_summed)
+        return {k: v / n_steps for k, v in totals.items()} | {"entropy": ent / max(ent_n, 1),
+                                                             "logprob_gap": gap / max(gap_n, 1)}
 
     def _batched(self, fn, ro: Rollout) -> tuple[torch.Tensor, ...]:
-        """fn(input_ids, targets) -> tensors [b, t], run in micro-batches and right-padded back to [B, T]."""
+        """fn(input_ids, targets, first) -> tensors [b, t], run in micro-batches, each trimmed to the width and
+        from the first position its rows score (`first`), then right-padded back to [B, T]."""
         micro = self.cfg.micro_batch_size or self.cfg.minibatch_size
-        parts = [fn(ro.input_ids[i : i + micro], ro.targets[i : i + micro]) for i in range(0, len(ro.lengths), micro)]
+        T = ro.mask.shape[1]
+        parts = []
+        for i in range(0, len(ro.lengths), micro):
+            rows = slice(i, i + micro)
+            width = int(ro.lengths[rows].max()) - 1
+            out = fn(ro.input_ids[rows, :width], ro.targets[rows, :width], first_scored(ro.mask[rows, :width]))
+            parts.append([F.pad(x, (0, T - width)) for x in out])
         return tuple(torch.cat(list(xs)) for xs in zip(*parts))
 
 
