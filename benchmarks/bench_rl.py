@@ -321,7 +321,7 @@ def grpo_main(args) -> None:
     print(f"\nGRPO, tiny preset shape, random weights ({setup['params'] / 1e6:.1f} M params), batch {args.batch} = "
           f"{args.batch // GROUP} prompts x group {GROUP}, <= {GRPO_TOKENS} new tokens, {GRPO_EPOCHS} epochs, minibatch "
           f"{GRPO_MINIBATCH}, task reward, {args.dtype}{', compiled update' if args.compile else ''}, "
-          f"{torch.get_num_threads()} torch threads, {args.rounds} rounds x "
+          f"{args.threads or torch.get_num_threads()} torch threads, {args.rounds} rounds x "
           f"{args.episodes} measured episodes per side, medians; load average at the end: {load_avg}\n")
     print("| tree | episodes | s per episode | rollout s | rollout tok/s | rest of the episode s | mean response tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|")

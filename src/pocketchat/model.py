@@ -268,7 +268,7 @@ class CausalLM(HFFolder, nn.Module):
         small model's work."""
         h = self.model(input_ids, position_ids, attn_mask, cache)
         if logits_to_keep:
-            h = h[:, -logits_to_keep:]
+            h = h[:, -logits_to_keep:].contiguous()  # a strided slice would send lm_head's matmuls down a batched path
         if targets is None:
             return self.lm_head(h)
         logits = self.lm_head(h).float()

@@ -87,6 +87,8 @@ class Sampler:
     def _refresh_flags(self) -> None:
         # Python-side flags so a batch that doesn't use a filter never pays for it (the top-p sort is the costly one).
         self.any_sampling = any(g is not None for g in self.generators)
+        self.any_greedy = any(g is None for g in self.generators)
+        self.any_temperature = bool((self.temperature != 1).any())
         self.max_top_k = int(self.top_k.max())
         self.any_top_p = bool((self.top_p < 1).any())
         self.any_min_p = bool((self.min_p > 0).any())
@@ -111,7 +113,7 @@ class Sampler:
             logits = logits.masked_fill(~allowed, float("-inf"))
         if not self.any_sampling:
             return logits.argmax(dim=-1)
-        probs = self.filter(logits / self.temperature).softmax(dim=-1)
+        probs = self.filter(logits / self.temperature if self.any_temperature else logits).softmax(dim=-1)
         # Inverse-CDF sampling: one uniform draw per row, from the row's own generator, located in the row's
         # cumulative distribution. (Gumbel-max, used before, drew a number per vocabulary entry: a tenth of an
         # RL episode on the tiny model.) Filtered tokens have p = 0, a flat step of the CDF that no draw lands on.
@@ -119,7 +121,8 @@ class Sampler:
                        else torch.zeros(1, device=self.device) for g in self.generators])
         cdf = probs.cumsum(dim=-1)
         picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        return torch.where(self.greedy, logits.argmax(dim=-1), picks.clamp_max(logits.shape[1] - 1))
+        picks = picks.clamp_max(logits.shape[1] - 1)
+        return torch.where(self.greedy, logits.argmax(dim=-1), picks) if self.any_greedy else picks
 
     def filter(self, scores: torch.Tensor) -> torch.Tensor:
         """top-k, then top-p, then min-p, each on what the previous left (the Hugging Face warper order)."""
