@@ -398,11 +398,11 @@ class RLTrainer:
                     with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
                         logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets),
                                                                      first_scored(mask), ptx)
-                    if epoch == 0:
-                        gap = (logp.detach() - cut(ro.engine_logprobs)).abs() if n_steps == 0 else None
-                        first_pass += torch.stack([(entropy * mask).sum(), mask.sum(),
-                                                   (gap * mask).sum() if gap is not None else mask.new_zeros(()),
-                                                   mask.sum() if gap is not None else mask.new_zeros(())]).double().cpu()
+                    if epoch == 0:  # entropy on every row; the learner/engine gap while the weights are the sampler's
+                        sums = [(entropy * mask).sum(), mask.sum()]
+                        if n_steps == 0:
+                            sums += [((logp.detach() - cut(ro.engine_logprobs)).abs() * mask).sum(), mask.sum()]
+                        first_pass[:len(sums)] += torch.stack(sums).double().cpu()
                     pg_loss, clip_frac = clipped_policy_loss(logp, cut(old_logp), cut(advantages), mask, cfg.clip)
                     loss = pg_loss
                     parts = {"policy_loss": pg_loss, "clip_frac": clip_frac,
