@@ -107,7 +107,8 @@ def report(points: list[dict], out: Path) -> None:
         twin.annotate(str(p["episode"]), (xi, p["gold"]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     twin.set_ylabel("gold score (labels: episode)")
     ax.set_title("PPO against the reward model: proxy vs gold")
-    fig.legend(loc="upper left", bbox_to_anchor=(0, 1), bbox_transform=ax.transAxes, fontsize="small")
+    # center left: the SFT points sit at sqrt(KL) = 0, at the top and bottom of the axes
+    fig.legend(loc="center left", bbox_to_anchor=(0, 0.5), bbox_transform=ax.transAxes, fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "overoptimization.png", dpi=100)
     print(f"\nplot: {out / 'overoptimization.png'}")
