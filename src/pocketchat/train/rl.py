@@ -169,13 +169,16 @@ class Learner(nn.Module):
         self.register_buffer("kl_coef", torch.tensor(kl_coef, dtype=torch.float64))
         self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # running score count, mean, m2
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0, ptx: dict | None = None):
-        """(log p of targets from position `first` on, the entropy there (no gradient), critic values or None,
-        the SFT loss on batch ptx or None) in one call, so that under DDP each backward follows exactly one
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0, ptx: dict | None = None,
+                with_entropy: bool = False):
+        """(log p of targets from position `first` on, the entropy there (no gradient) or None, critic values or
+        None, the SFT loss on batch ptx or None) in one call, so that under DDP each backward follows exactly one
         forward of the wrapped module."""
         logp_all = next_token_logprobs(self.policy, input_ids, first)
-        with torch.no_grad():
-            entropy = F.pad(next_token_entropy(logp_all), (first, 0))
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = F.pad(next_token_entropy(logp_all), (first, 0))
         logp = F.pad(pick(logp_all, targets[:, first:]), (first, 0))
         values = self.critic(input_ids, "all").float() if self.critic is not None else None
         ptx_loss = self.policy(ptx["input_ids"], ptx["targets"], position_ids=ptx["position_ids"],
@@ -397,7 +400,7 @@ class RLTrainer:
                     # DDP: only the last micro-batch of a step all-reduces gradients
                     with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
                         logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets),
-                                                                     first_scored(mask), ptx)
+                                                                     first_scored(mask), ptx, epoch == 0)
                     if epoch == 0:  # entropy on every row; the learner/engine gap while the weights are the sampler's
                         sums = [(entropy * mask).sum(), mask.sum()]
                         if n_steps == 0:
