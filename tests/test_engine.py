@@ -58,14 +58,14 @@ def test_kv_cache_decode_equals_full_forward_at_every_step(model):
         assert torch.allclose(model(ids[:, :10], cache=cache), full[:, :10], atol=1e-4)  # prefill
         cache.prepare(torch.ones(2, 4, dtype=torch.bool))
         assert torch.allclose(model(ids[:, 10:14], cache=cache), full[:, 10:14], atol=1e-4)  # a chunk onto the cache
-        storage = cache.k.data_ptr()
+        storage = cache.k[0].data_ptr()
         for t in range(14, 24):
             assert cache.prepare_step() is None
             step = model(ids[:, t : t + 1], cache=cache)
             assert cache.length == t + 1
             assert torch.allclose(step[:, 0], full[:, t], atol=1e-4)
             if t < 15:
-                assert cache.k.data_ptr() == storage  # written in place while it fits
+                assert cache.k[0].data_ptr() == storage  # written in place while it fits
     assert cache.capacity == 32  # it doubled once when full
 
 
@@ -332,11 +332,13 @@ def test_shared_prompts_prefill_once_and_sample_what_separate_prefills_sample(en
 
 
 @pytest.mark.slow  # torch.compile: ~1 min on 2 CPU cores
-def test_compiled_decode_gives_the_eager_tokens(model, tok):
+@pytest.mark.parametrize("freeze", [True, False])
+def test_compiled_decode_gives_the_eager_tokens(model, tok, freeze):
     """The compiled static-cache step and the eager step agree token for token: greedy, and sampled with seeds,
-    over a ragged batch (holes under the mask) whose rows finish at different steps (the batch shrinks to 1)."""
+    over a ragged batch (holes under the mask) whose rows finish at different steps (the batch shrinks to 1).
+    Frozen, a weight change compiles a new step; unfrozen (RL), the one step reads the new weights."""
     model = copy.deepcopy(model)  # its weights change below
-    eager, compiled = Engine(model, tok), Engine(model, tok, compile=True)
+    eager, compiled = Engine(model, tok), Engine(model, tok, compile=True, freeze=freeze)
     ps = prompts(tok)
     greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=True)
     sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=i, max_tokens=6 + 6 * i, ignore_eos=True, logprobs=True)
@@ -344,7 +346,7 @@ def test_compiled_decode_gives_the_eager_tokens(model, tok):
     before = None
     for params in (greedy, sampled, greedy, "new weights", greedy):  # the second greedy run reuses the compiled step
         if params == "new weights":  # the compiled step froze the weights: an in-place change must recompile it
-            before = compiled.generate(ps, greedy)
+            before, step = compiled.generate(ps, greedy), compiled._step
             with torch.no_grad():
                 for p in model.parameters():
                     p.mul_(1.5)
@@ -353,3 +355,4 @@ def test_compiled_decode_gives_the_eager_tokens(model, tok):
         assert [c.token_ids for c in got] == [c.token_ids for c in want]
         assert max(abs(x - y) for a, b in zip(got, want) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
     assert [c.token_ids for c in got] != [c.token_ids for c in before]  # the change did change the greedy tokens
+    assert (compiled._step is step) == (not freeze)

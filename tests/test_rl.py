@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pocketchat.alignment_eval import first_scored, token_logprobs
+from pocketchat.alignment_eval import first_scored, scored_logprobs, token_logprobs
 from pocketchat.chat_format import render_prompt, tool_turn_renderer
 from pocketchat.cli import main
 from pocketchat.engine import Engine, SamplingParams
@@ -186,6 +186,31 @@ def test_scoring_from_the_first_completion_position_equals_scoring_everything(to
     assert part.shape == full.shape and not part[:, :first].any()
     torch.testing.assert_close(part[:, first:], full[:, first:], atol=1e-6, rtol=0)
     assert first_scored(torch.zeros(2, 5, dtype=torch.bool)) == 0
+
+
+def test_rows_sharing_a_prompt_score_and_train_as_if_each_fed_it(tok):
+    """A prompt fed once for all rows that share it gives every row the log-probs, entropies and gradients of the
+    plain pass (prompts of different lengths, rows in mixed order, completions of different lengths)."""
+    model = tiny_lm(tok)
+    ps = [prompts(tok)[i] for i in (1, 0, 1, 3, 0, 1, 3)]
+    completions = Engine(model, tok).generate([p.ids for p in ps], [SamplingParams(max_tokens=4 + 2 * i, seed=i)
+                                                                    for i in range(len(ps))])
+    ro = make_rollout(ps, completions, tok.pad_id, "cpu")
+    shared = ro.shared_prompts(torch.arange(len(ps)))
+    assert len(shared.source) == 3 and ro.shared_prompts(torch.tensor([0, 1, 3])) is None
+    results = []
+    for sharing in (None, shared):
+        model.zero_grad()
+        logp, entropy = scored_logprobs(model, ro.input_ids, ro.targets, first_scored(ro.mask), sharing, with_entropy=True)
+        (logp * ro.mask).sum().backward()
+        results.append((logp * ro.mask, entropy * ro.mask, [p.grad.clone() for p in model.parameters()]))
+        if sharing is not None:  # nothing scored before a row's last prompt token
+            assert all(not logp[i, :len(p.ids) - 1].any() for i, p in enumerate(ps))
+    (logp_a, ent_a, grad_a), (logp_b, ent_b, grad_b) = results
+    torch.testing.assert_close(logp_b, logp_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_b, ent_a, atol=1e-5, rtol=0)
+    for a, b in zip(grad_a, grad_b):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
 def test_an_fp32_learner_takes_the_engines_logprobs_as_the_old_policys(tok):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -54,11 +55,109 @@ def next_token_entropy(logp_all: torch.Tensor) -> torch.Tensor:
     return -(logp_all.exp() * logp_all).sum(-1)
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0) -> torch.Tensor:
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0,
+                   shared: "SharedPrompts | None" = None) -> torch.Tensor:
     """[B, T] log p(targets[:, t] | input_ids[:, :t+1]): the one teacher-forced scoring RL, DPO and the evals share
     (for a whole sequence `ids`: input_ids = ids[:, :-1], targets = ids[:, 1:]). Positions before `first` (a
-    prompt, which the caller masks out) are not scored and read 0."""
-    return F.pad(pick(next_token_logprobs(model, input_ids, first), targets[:, first:]), (first, 0))
+    prompt, which the caller masks out) are not scored and read 0; with `shared`, neither are those before each
+    row's last prompt token."""
+    return scored_logprobs(model, input_ids, targets, first, shared)[0]
+
+
+def scored_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0,
+                    shared: "SharedPrompts | None" = None, with_entropy: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_logprobs`, and with_entropy also the entropy of each scored next-token distribution [B, T] (no
+    gradient; 0 where not scored)."""
+    if shared is None:
+        logp_all = next_token_logprobs(model, input_ids, first)
+        place = lambda x: F.pad(x, (first, 0))
+        logp = place(pick(logp_all, targets[:, first:]))
+    else:
+        logp_all, positions = shared_prompt_logprobs(model, input_ids, shared)
+        T = input_ids.shape[1]
+        place = lambda x: x.new_zeros(x.shape[0], T + x.shape[1]).scatter(1, positions, x)[:, :T]
+        logp = place(pick(logp_all, targets.gather(1, positions.clamp(max=T - 1))))
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = place(next_token_entropy(logp_all))
+    return logp, entropy
+
+
+@dataclass
+class SharedPrompts:
+    """The rows of a [B, T] batch of prompt + completion rows (right-padded) that begin with the same prompt, as
+    a GRPO group's samples or a DPO pair do: `shared_prompt_logprobs` feeds each prompt once."""
+
+    lengths: torch.Tensor  # [B] tokens of each row's prompt
+    source: torch.Tensor  # [U] a row holding each distinct prompt
+    of_row: torch.Tensor  # [B] each row's prompt, an index into source
+    width: int  # the longest prompt
+    shortest: int  # the shortest prompt
+
+    @staticmethod
+    def find(prompts: Sequence[Sequence[int]], device) -> "SharedPrompts | None":
+        """The sharing among rows with these prompts; None when no two rows share one (nothing to gain)."""
+        first_row: dict[tuple[int, ...], int] = {}
+        for i, p in enumerate(prompts):
+            first_row.setdefault(tuple(p), i)
+        if len(first_row) == len(prompts):
+            return None
+        index = {key: j for j, key in enumerate(first_row)}
+        tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)
+        return SharedPrompts(tensor([len(p) for p in prompts]), tensor(list(first_row.values())),
+                             tensor([index[tuple(p)] for p in prompts]), max(map(len, prompts)), min(map(len, prompts)))
+
+
+def shared_prompt_logprobs(model: nn.Module, input_ids: torch.Tensor, shared: SharedPrompts
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-distributions [B, K, V] of the next token, and the input positions [B, K] they stand at): those of
+    `next_token_logprobs` from each row's last prompt token on, with each distinct prompt fed once.
+
+    The prompts go through the model as a batch of their own; each row's completion then attends to its prompt's
+    keys and values (gathered per row, so their gradients add up over the rows that share them) and to itself.
+    K = 1 + the longest completion; positions past a row's end (a row with a longer prompt) are padding."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    P, C = shared.width, T - shared.shortest
+    prompts = _KeepKeys()
+    h_prompt = model.model(input_ids[shared.source, :P], cache=prompts)  # causal: a prompt never sees what follows it
+    at = (shared.lengths[:, None] + torch.arange(C, device=device)).clamp(max=T - 1)  # [B, C] completion positions
+    own_prompt = (torch.arange(P, device=device) < shared.lengths[:, None])[:, None, :].expand(B, C, P)
+    causal = torch.ones(C, C, dtype=torch.bool, device=device).tril().expand(B, C, C)
+    h_completion = model.model(input_ids.gather(1, at), position_ids=at, cache=_AfterPrompt(prompts, shared.of_row),
+                               attn_mask=torch.cat([own_prompt, causal], 2).unsqueeze(1))
+    last = h_prompt[shared.of_row, shared.lengths - 1]  # predicts each row's first completion token
+    h = torch.cat([last.unsqueeze(1), h_completion], 1)
+    positions = shared.lengths[:, None] - 1 + torch.arange(C + 1, device=device)
+    return model.lm_head(h).float().log_softmax(-1), positions
+
+
+class _KeepKeys:
+    """A cache for one causal forward: keeps each layer's keys and values, as computed (gradients included)."""
+
+    length = 0
+
+    def __init__(self):
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.append(k)
+        self.v.append(v)
+        return k, v
+
+
+class _AfterPrompt:
+    """A cache that puts each row's prompt (row `of_row[b]` of a `_KeepKeys`) before the keys of the forward."""
+
+    def __init__(self, prompts: _KeepKeys, of_row: torch.Tensor):
+        self.prompts, self.of_row = prompts, of_row
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.cat([self.prompts.k[layer_idx][self.of_row], k], 2),
+                torch.cat([self.prompts.v[layer_idx][self.of_row], v], 2))
 
 
 def first_scored(mask: torch.Tensor) -> int:

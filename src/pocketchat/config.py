@@ -34,7 +34,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     dtype: str = "auto"  # auto | float32 | bfloat16 (auto: bf16 autocast where the hardware is fast at it)
-    compile: bool = False  # torch.compile the training step (~1.3x on CPU after ~30 s of compiling; needs g++ there)
+    compile: bool = False  # torch.compile the training step, and RL's decode step (~30 s of compiling; needs g++ on CPU)
     eval_every: int = 200  # 0 = only at the end
     eval_batches: int = 16
     save_every: int = 200  # 0 = only at the end

@@ -136,7 +136,12 @@ class Attention(nn.Module):
         if attn_mask is None and T > 1 and S > T:
             # Chunked prefill onto a cache: causal with the new queries sitting at the end of the keys.
             attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-        sdpa = dict(attn_mask=attn_mask, is_causal=attn_mask is None and T > 1, enable_gqa=self.n_kv != self.n_head)
+        # A branch, not `is_causal=... and T > 1`: under torch.compile with dynamic shapes T > 1 is a symbolic bool,
+        # which sdpa does not take (the compiled graph would break at every layer); a branch guards on it instead.
+        is_causal = False
+        if attn_mask is None and T > 1:
+            is_causal = True
+        sdpa = dict(attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.n_kv != self.n_head)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # PyTorch's CPU flash attention runs its backward about twice as fast in fp32 as in bf16 (measured: a
             # tiny-preset training step ~18% faster); the projections around it stay in bf16.

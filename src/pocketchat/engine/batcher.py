@@ -259,8 +259,8 @@ class Batcher:
             cache.valid[:B, cache.length : width] = False
             cache.length = width
         end = cache.length
-        cache.k[:, B : B + n, :, end - width : end] = src.k[:, :n, :, :width]
-        cache.v[:, B : B + n, :, end - width : end] = src.v[:, :n, :, :width]
+        for dst, new_rows in zip(cache.k + cache.v, src.k + src.v):
+            dst[B : B + n, :, end - width : end] = new_rows[:n, :, :width]
         cache.valid[B : B + n, : end - width] = False
         cache.valid[B : B + n, end - width : end] = src.valid[:n, :width]
         cache.batch_size = B + n
@@ -287,10 +287,10 @@ def _compact(cache: KVCache) -> None:
     width = int(valid.sum(1).max()) if B else 0
     # A stable sort puts each row's holes first and its valid slots last, both in their original order.
     idx = valid.to(torch.int8).sort(dim=1, stable=True).indices[:, L - width :]  # [B, width]
-    layers, _, heads, _, dim = cache.k.shape
-    gather = idx[None, :, None, :, None].expand(layers, B, heads, width, dim)
-    cache.k[:, :B, :, :width] = cache.k[:, :B, :, :L].gather(3, gather)
-    cache.v[:, :B, :, :width] = cache.v[:, :B, :, :L].gather(3, gather)
+    _, heads, _, dim = cache.k[0].shape
+    gather = idx[:, None, :, None].expand(B, heads, width, dim)
+    for t in cache.k + cache.v:
+        t[:B, :, :width] = t[:B, :, :L].gather(2, gather)
     cache.valid[:B, :width] = valid.gather(1, idx)
     cache.length = width
     cache.has_holes = not bool(cache.valid[:B, :width].all())

@@ -16,8 +16,10 @@ prefill: the prompt goes through the model once and its cache rows are copied to
 `Engine(compile=True)` runs the plain decode step as one `torch.compile`d function over the whole cache (the
 approach of PyTorch's gpt-fast): the step writes its token at a slot given as a tensor and attends to every
 slot under the valid mask, so its shapes and code are the same at every step and it compiles once per batch
-layout, not once per length. The weights are frozen into it (see `_compile_options`), so it is for a model whose
-weights stay put while it generates (chat --compile, sample --compile); when they change it compiles again.
+layout, not once per length. By default the weights are frozen into it (see `_compile_options`), which suits a
+model whose weights stay put while it generates (chat --compile, sample --compile); when they change it compiles
+again. `Engine(compile=True, freeze=False)` keeps the weights as inputs of the step instead: an RL learner's engine,
+whose weights change after every episode, compiles once.
 """
 
 from __future__ import annotations
@@ -55,17 +57,21 @@ class StreamEvent:
 
 
 class KVCache:
-    """Keys/values of every layer, preallocated as [L, B, n_kv, capacity, head_dim] and written in place.
+    """Keys/values of every layer, preallocated as one [B, n_kv, capacity, head_dim] tensor per layer and per
+    key/value, written in place.
 
     The model calls `update` once per layer per forward and attends over the returned views; `length` (slots
     written) advances when the last layer has written. `valid[b, s]` says whether slot s of row b holds a
     real token or a padding hole; `prepare` / `prepare_step` turn it into the attention mask of a forward.
+    A tensor per layer, not one for all layers: the compiled decode step writes each layer's slot in place only
+    when that layer's buffer is a tensor of its own (a write into a view of a shared buffer compiles into a copy
+    of the whole buffer, at every layer).
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype, device):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
         self.batch_size = batch_size  # rows in use; finished rows are compacted away
         self.length = 0
@@ -73,19 +79,19 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, start, end = self.batch_size, self.length, self.length + k.shape[2]
-        self.k[layer_idx, :B, :, start:end] = k
-        self.v[layer_idx, :B, :, start:end] = v
-        if layer_idx == self.k.shape[0] - 1:
+        self.k[layer_idx][:B, :, start:end] = k
+        self.v[layer_idx][:B, :, start:end] = v
+        if layer_idx == len(self.k) - 1:
             self.length = end
-        return self.k[layer_idx, :B, :, :end], self.v[layer_idx, :B, :, :end]
+        return self.k[layer_idx][:B, :, :end], self.v[layer_idx][:B, :, :end]
 
     def prepare_step(self) -> torch.Tensor | None:
         """Mask for one new real token per row: the row's valid slots, or None (attend to all) with no holes."""
@@ -118,8 +124,8 @@ class KVCache:
         """Make the batch `rows` (indices into the rows in use, in place): drops finished rows, or repeats a
         shared prompt's rows for each of its samples (the buffers must hold len(rows) rows)."""
         n, L = rows.numel(), self.length
-        self.k[:, :n, :, :L] = self.k[:, rows, :, :L]
-        self.v[:, :n, :, :L] = self.v[:, rows, :, :L]
+        for t in self.k + self.v:
+            t[:n, :, :L] = t[rows, :, :L]
         self.valid[:n, :L] = self.valid[rows, :L]
         self.batch_size = n
         self.has_holes = not bool(self.valid[:n, :L].all())
@@ -130,37 +136,47 @@ class KVCache:
             self.grow(self.length + 1)
         B = self.batch_size
         at = torch.tensor([self.length], device=self.valid.device)
-        return _SlotWrite(self.k[:, :B], self.v[:, :B], self.valid[:B], at)
+        return _SlotWrite([t[:B] for t in self.k], [t[:B] for t in self.v], self.valid[:B], at)
 
     def grow(self, needed: int) -> None:
         """Reallocate to at least `needed` slots. Forced tool turns can outgrow a batch's capacity, and the
         Batcher's running cache grows with its rows; doubling keeps the copies rare."""
         capacity, L = max(needed, 2 * self.capacity), self.length
-        k, v, valid = self.k, self.v, self.valid
-        self.k = k.new_zeros(*k.shape[:3], capacity, k.shape[4])
-        self.v = v.new_zeros(*v.shape[:3], capacity, v.shape[4])
+        self.k = [_grown(t, capacity, L) for t in self.k]
+        self.v = [_grown(t, capacity, L) for t in self.v]
+        valid = self.valid
         self.valid = valid.new_zeros(valid.shape[0], capacity)
-        self.k[:, :, :, :L], self.v[:, :, :, :L], self.valid[:, :L] = k[:, :, :, :L], v[:, :, :, :L], valid[:, :L]
+        self.valid[:, :L] = valid[:, :L]
+
+
+def _grown(t: torch.Tensor, capacity: int, length: int) -> torch.Tensor:
+    """A copy of layer buffer t [B, n_kv, slots, D] with `capacity` slots, its first `length` slots kept."""
+    new = t.new_zeros(t.shape[0], t.shape[1], capacity, t.shape[3])
+    new[:, :, :length] = t[:, :, :length]
+    return new
 
 
 class _SlotWrite:
-    """One decode step's view of a `KVCache` for `_static_step`: writes each layer's new key/value at slot
-    `at` (a tensor, so the step's code is the same at every step) and returns the whole buffers."""
+    """One decode step's view of a `KVCache` for the compiled step: writes each layer's new key/value at slot
+    `at` (a tensor, so the step's code is the same at every step) and returns the layer's whole buffers."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, at: torch.Tensor):
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], valid: torch.Tensor, at: torch.Tensor):
         self.k, self.v, self.valid, self.at = k, v, valid, at
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer_idx, :, :, self.at] = k
-        self.v[layer_idx, :, :, self.at] = v
+        self.k[layer_idx].index_copy_(2, self.at, k)
+        self.v[layer_idx].index_copy_(2, self.at, v)
         return self.k[layer_idx], self.v[layer_idx]
 
 
-def _compile_options(device: torch.device) -> dict:
+def _compile_options(device: torch.device, freeze: bool) -> dict:
     """Inductor settings of the compiled decode step. A batch-1 step is a pass over every weight for a few
     multiply-adds each, so it runs at the speed of its matrix-vector products: freezing folds the weights into
     the graph as constants, which lets inductor pack them once for its own GEMM kernels (on CPU the C++
-    template, picked by max-autotune against oneDNN), measured ~2x per step on SmolLM2 (README, "Measured")."""
+    template, picked by max-autotune against oneDNN), measured ~2x per step on SmolLM2 (README, "Measured").
+    Without freezing the step keeps PyTorch's own matmuls and gains from fusing the small ops around them."""
+    if not freeze:
+        return {}
     options = dict(freezing=True, max_autotune=True)
     if device.type == "cpu":
         # concat_linear: q/k/v, and gate/up, read as one packed matrix each (fewer, longer passes over memory)
@@ -297,7 +313,9 @@ class Engine:
 
     device/dtype, when given, move the model in place (nn.Module.to); otherwise the engine uses the model
     as it is, so an RL learner's engine always samples from the current weights. compile: run the decode
-    step compiled (see the module docstring; needs a C++ compiler on CPU). tool_turn: the chat format's tool turn,
+    step compiled (see the module docstring; needs a C++ compiler on CPU); freeze: with compile, fold the weights
+    into the compiled step (faster at batch 1; False for weights that change between calls, as in RL). tool_turn:
+    the chat format's tool turn,
     the token ids forced after a tool call given the tool's output (`chat_format.tool_turn_renderer`); without it the
     engine runs no tools (SamplingParams.tools raises).
 
@@ -308,17 +326,17 @@ class Engine:
 
     def __init__(self, model: CausalLM, tokenizer, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, max_batch_size: int = 64, compile: bool = False,
-                 tool_turn: Callable[[str], list[int]] | None = None):
+                 freeze: bool = True, tool_turn: Callable[[str], list[int]] | None = None):
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.max_batch_size = max_batch_size
-        self.compile = compile
+        self.compile, self.freeze = compile, freeze
         if compile:
             check_compile(self.device)
-            self._compile_options = _compile_options(self.device)
+            self._compile_options = _compile_options(self.device, freeze)
         self._step, self._step_weights = None, None
         tid = tokenizer.token_id
         self.tool_open, self.tool_close = tid("<tool_call>"), tid("</tool_call>")
@@ -409,9 +427,10 @@ class Engine:
 
     def _refresh_step(self) -> None:
         """(Re)compile the decode step when the weights are not the ones it froze: an optimizer step or a loaded
-        state dict writes them in place (which bumps each tensor's version), or a parameter was replaced."""
-        weights = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
-        if weights != self._step_weights:
+        state dict writes them in place (which bumps each tensor's version), or a parameter was replaced. Unfrozen,
+        the step reads the weights as they are: it compiles once."""
+        weights = tuple((p.data_ptr(), p._version) for p in self.model.parameters()) if self.freeze else ()
+        if self._step is None or weights != self._step_weights:
             from torch._inductor import select_algorithm  # imported here: it loads the whole compiler
 
             select_algorithm.PRINT_AUTOTUNE = False  # its other timing tables (the module has no setting for them)

@@ -30,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pocketchat.alignment_eval import (Cell, cells_of, first_scored, next_token_entropy, next_token_logprobs, pick,
-                                       policy_eval, token_logprobs)
+from pocketchat.alignment_eval import (Cell, SharedPrompts, cells_of, first_scored, policy_eval, scored_logprobs,
+                                       token_logprobs)
 from pocketchat.chat_format import render_prompt, renderable, tool_turn_renderer
 from pocketchat.config import TrainConfig
 from pocketchat.engine import Completion, Engine, SamplingParams
@@ -133,6 +133,10 @@ class Rollout:
     def targets(self) -> torch.Tensor:
         return self.full[:, 1:]
 
+    def shared_prompts(self, rows: torch.Tensor) -> SharedPrompts | None:
+        """Which of these rows (indices) have the same prompt, as a GRPO group's samples do."""
+        return SharedPrompts.find([self.prompts[i].ids for i in rows.tolist()], self.full.device)
+
     def rows(self, part: slice) -> "Rollout":
         return Rollout(self.prompts[part], self.completions[part], self.full[part], self.lengths[part], self.mask[part],
                        self.engine_logprobs[part])
@@ -169,17 +173,12 @@ class Learner(nn.Module):
         self.register_buffer("kl_coef", torch.tensor(kl_coef, dtype=torch.float64))
         self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # running score count, mean, m2
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0, ptx: dict | None = None,
-                with_entropy: bool = False):
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, first: int = 0,
+                shared: SharedPrompts | None = None, ptx: dict | None = None, with_entropy: bool = False):
         """(log p of targets from position `first` on, the entropy there (no gradient) or None, critic values or
         None, the SFT loss on batch ptx or None) in one call, so that under DDP each backward follows exactly one
-        forward of the wrapped module."""
-        logp_all = next_token_logprobs(self.policy, input_ids, first)
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                entropy = F.pad(next_token_entropy(logp_all), (first, 0))
-        logp = F.pad(pick(logp_all, targets[:, first:]), (first, 0))
+        forward of the wrapped module. shared: rows with the same prompt, which the policy then feeds once."""
+        logp, entropy = scored_logprobs(self.policy, input_ids, targets, first, shared, with_entropy)
         values = self.critic(input_ids, "all").float() if self.critic is not None else None
         ptx_loss = self.policy(ptx["input_ids"], ptx["targets"], position_ids=ptx["position_ids"],
                                attn_mask=ptx["attn_mask"]) if ptx is not None else None
@@ -213,12 +212,12 @@ class RLTrainer:
         self.ptx_data = ptx_data  # an SFTDataset: get_batch(i, batch_size) is a pure function of i
         self.learner = Learner(policy, critic, cfg.kl_coef).to(self.device)
         self.model = dist.wrap(self.learner, self.info, fsdp=False)  # what the update runs through: DDP under torchrun
-        if cfg.compile:  # the update's forward and backward; the engine samples eagerly from the same weights
+        if cfg.compile:  # the update's forward and backward, and the engine's decode step (below)
             check_compile(self.device)
             self.model = torch.compile(self.model, dynamic=True)  # each micro-batch is as wide as its longest row
         self.optimizer, self.scheduler = optimizer_and_schedule(self.learner, cfg, fused=self.device.type in ("cpu", "cuda"))
-        # samples from the live weights: no copy to sync
-        self.engine = Engine(policy, tokenizer, tool_turn=tool_turn_renderer(tokenizer))
+        # samples from the live weights: no copy to sync, and a compiled step that reads them as inputs (not frozen)
+        self.engine = Engine(policy, tokenizer, compile=cfg.compile, freeze=False, tool_turn=tool_turn_renderer(tokenizer))
         self.amp = autocast_dtype(self.device, cfg.dtype)
         # The engine samples from these very weights in fp32. When the learner also runs in fp32 (no autocast), the
         # engine's log-probs are the old policy's, equal to a teacher-forced pass to float rounding (tested), so
@@ -311,9 +310,9 @@ class RLTrainer:
         mask = ro.mask
         with torch.no_grad(), self.autocast():
             old_logp = (ro.engine_logprobs if self.old_logprobs_from_engine else
-                        self._batched(lambda x, y, first: (token_logprobs(self.policy, x, y, first),), ro)[0])
-            ref_logp, = self._batched(lambda x, y, first: (token_logprobs(self.ref, x, y, first),), ro)
-            old_values = self._batched(lambda x, y, _: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
+                        self._batched(lambda *xs: (token_logprobs(self.policy, *xs),), ro)[0])
+            ref_logp, = self._batched(lambda *xs: (token_logprobs(self.ref, *xs),), ro)
+            old_values = self._batched(lambda x, *_: (self.critic(x, "all").float(),), ro)[0] if self.critic else None
             gold = self.score(self.gold_fn, first) if self.gold_fn else None
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_kind()) * mask
         seq_kl = kl.sum(1).mean().item()
@@ -399,8 +398,8 @@ class RLTrainer:
                            if last and cfg.ptx_coef > 0 else None)
                     # DDP: only the last micro-batch of a step all-reduces gradients
                     with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
-                        logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets),
-                                                                     first_scored(mask), ptx, epoch == 0)
+                        logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets), first_scored(mask),
+                                                                     ro.shared_prompts(micro), ptx, epoch == 0)
                     if epoch == 0:  # entropy on every row; the learner/engine gap while the weights are the sampler's
                         sums = [(entropy * mask).sum(), mask.sum()]
                         if n_steps == 0:
@@ -436,15 +435,17 @@ class RLTrainer:
                                                              "logprob_gap": gap / max(gap_n, 1)}
 
     def _batched(self, fn, ro: Rollout) -> tuple[torch.Tensor, ...]:
-        """fn(input_ids, targets, first) -> tensors [b, t], run in micro-batches, each trimmed to the width and
-        from the first position its rows score (`first`), then right-padded back to [B, T]."""
+        """fn(input_ids, targets, first, shared) -> tensors [b, t], run in micro-batches, each trimmed to the width
+        and from the first position its rows score (`first`), then right-padded back to [B, T]; `shared` says which
+        rows of the micro-batch have the same prompt."""
         micro = self.cfg.micro_batch_size or self.cfg.minibatch_size
         T = ro.mask.shape[1]
         parts = []
         for i in range(0, len(ro.lengths), micro):
             rows = slice(i, i + micro)
             width = int(ro.lengths[rows].max()) - 1
-            out = fn(ro.input_ids[rows, :width], ro.targets[rows, :width], first_scored(ro.mask[rows, :width]))
+            out = fn(ro.input_ids[rows, :width], ro.targets[rows, :width], first_scored(ro.mask[rows, :width]),
+                     ro.shared_prompts(torch.arange(len(ro.lengths))[rows]))
             parts.append([F.pad(x, (0, T - width)) for x in out])
         return tuple(torch.cat(list(xs)) for xs in zip(*parts))
 
