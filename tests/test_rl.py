@@ -196,8 +196,9 @@ def test_rows_sharing_a_prompt_score_and_train_as_if_each_fed_it(tok):
     completions = Engine(model, tok).generate([p.ids for p in ps], [SamplingParams(max_tokens=4 + 2 * i, seed=i)
                                                                     for i in range(len(ps))])
     ro = make_rollout(ps, completions, tok.pad_id, "cpu")
-    shared = ro.shared_prompts(torch.arange(len(ps)))
-    assert len(shared.source) == 3 and ro.shared_prompts(torch.tensor([0, 1, 3])) is None
+    width = ro.input_ids.shape[1]
+    shared = ro.shared_prompts(torch.arange(len(ps)), width)
+    assert len(shared.source) == 3 and ro.shared_prompts(torch.tensor([0, 1, 3]), width) is None
     results = []
     for sharing in (None, shared):
         model.zero_grad()

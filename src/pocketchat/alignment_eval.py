@@ -94,11 +94,13 @@ class SharedPrompts:
     source: torch.Tensor  # [U] a row holding each distinct prompt
     of_row: torch.Tensor  # [B] each row's prompt, an index into source
     width: int  # the longest prompt
-    shortest: int  # the shortest prompt
+    completion_at: torch.Tensor  # [B, C] where each row's completion inputs stand (C = T - the shortest prompt)
+    scored_at: torch.Tensor  # [B, C + 1] the positions scored: each row's last prompt token, then its completion
 
     @staticmethod
-    def find(prompts: Sequence[Sequence[int]], device) -> "SharedPrompts | None":
-        """The sharing among rows with these prompts; None when no two rows share one (nothing to gain)."""
+    def find(prompts: Sequence[Sequence[int]], T: int, device) -> "SharedPrompts | None":
+        """The sharing among rows of width T with these prompts; None when no two rows share one (nothing to
+        gain). Positions past a row's end (when another row has a shorter prompt) are padding: clamped to T - 1."""
         first_row: dict[tuple[int, ...], int] = {}
         for i, p in enumerate(prompts):
             first_row.setdefault(tuple(p), i)
@@ -106,8 +108,13 @@ class SharedPrompts:
             return None
         index = {key: j for j, key in enumerate(first_row)}
         tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)
-        return SharedPrompts(tensor([len(p) for p in prompts]), tensor(list(first_row.values())),
-                             tensor([index[tuple(p)] for p in prompts]), max(map(len, prompts)), min(map(len, prompts)))
+        lengths = tensor([len(p) for p in prompts])
+        # Computed here, not in the forward: under torch.compile a width T - shortest inside the graph is a
+        # difference of two symbols, which inductor's attention lowering fails on; a tensor's size is a symbol.
+        after = torch.arange(T - min(map(len, prompts)) + 1, device=device)
+        return SharedPrompts(lengths, tensor(list(first_row.values())), tensor([index[tuple(p)] for p in prompts]),
+                             max(map(len, prompts)), (lengths[:, None] + after[:-1]).clamp(max=T - 1),
+                             lengths[:, None] - 1 + after)
 
 
 def shared_prompt_logprobs(model: nn.Module, input_ids: torch.Tensor, shared: SharedPrompts
@@ -116,22 +123,19 @@ def shared_prompt_logprobs(model: nn.Module, input_ids: torch.Tensor, shared: Sh
     `next_token_logprobs` from each row's last prompt token on, with each distinct prompt fed once.
 
     The prompts go through the model as a batch of their own; each row's completion then attends to its prompt's
-    keys and values (gathered per row, so their gradients add up over the rows that share them) and to itself.
-    K = 1 + the longest completion; positions past a row's end (a row with a longer prompt) are padding."""
-    B, T = input_ids.shape
+    keys and values (gathered per row, so their gradients add up over the rows that share them) and to itself."""
+    B, C = shared.completion_at.shape
     device = input_ids.device
-    P, C = shared.width, T - shared.shortest
     prompts = _KeepKeys()
-    h_prompt = model.model(input_ids[shared.source, :P], cache=prompts)  # causal: a prompt never sees what follows it
-    at = (shared.lengths[:, None] + torch.arange(C, device=device)).clamp(max=T - 1)  # [B, C] completion positions
-    own_prompt = (torch.arange(P, device=device) < shared.lengths[:, None])[:, None, :].expand(B, C, P)
+    h_prompt = model.model(input_ids[shared.source, :shared.width], cache=prompts)  # causal: a prompt never sees what follows
+    own_prompt = (torch.arange(shared.width, device=device) < shared.lengths[:, None])[:, None, :].expand(B, C, -1)
     causal = torch.ones(C, C, dtype=torch.bool, device=device).tril().expand(B, C, C)
-    h_completion = model.model(input_ids.gather(1, at), position_ids=at, cache=_AfterPrompt(prompts, shared.of_row),
-                               attn_mask=torch.cat([own_prompt, causal], 2).unsqueeze(1))
+    h_completion = model.model(input_ids.gather(1, shared.completion_at), position_ids=shared.completion_at,
+                               attn_mask=torch.cat([own_prompt, causal], 2).unsqueeze(1),
+                               cache=_AfterPrompt(prompts, shared.of_row))
     last = h_prompt[shared.of_row, shared.lengths - 1]  # predicts each row's first completion token
     h = torch.cat([last.unsqueeze(1), h_completion], 1)
-    positions = shared.lengths[:, None] - 1 + torch.arange(C + 1, device=device)
-    return model.lm_head(h).float().log_softmax(-1), positions
+    return model.lm_head(h).float().log_softmax(-1), shared.scored_at
 
 
 class _KeepKeys:

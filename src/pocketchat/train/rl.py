@@ -133,9 +133,9 @@ class Rollout:
     def targets(self) -> torch.Tensor:
         return self.full[:, 1:]
 
-    def shared_prompts(self, rows: torch.Tensor) -> SharedPrompts | None:
-        """Which of these rows (indices) have the same prompt, as a GRPO group's samples do."""
-        return SharedPrompts.find([self.prompts[i].ids for i in rows.tolist()], self.full.device)
+    def shared_prompts(self, rows: torch.Tensor, width: int) -> SharedPrompts | None:
+        """Which of these rows (indices, fed `width` inputs wide) have the same prompt, as a GRPO group's do."""
+        return SharedPrompts.find([self.prompts[i].ids for i in rows.tolist()], width, self.full.device)
 
     def rows(self, part: slice) -> "Rollout":
         return Rollout(self.prompts[part], self.completions[part], self.full[part], self.lengths[part], self.mask[part],
@@ -366,7 +366,9 @@ class RLTrainer:
         return scores - cfg.missing_eos_penalty * unfinished.float()
 
     def update(self, step: int, ro: Rollout, advantages, returns, old_logp, old_values, ref_logp) -> dict:
-        """cfg.epochs passes over the episode in shuffled minibatches, one optimizer step each. A minibatch is
+        """cfg.epochs passes over the episode in shuffled minibatches, one optimizer step each. The shuffle moves
+        whole groups (a group's rows are consecutive), so that a micro-batch feeds each of its prompts once
+        (`SharedPrompts`); with group_size 1 it is a plain shuffle of the rows. A minibatch is
         split into the ranks' shares and those into micro-batches, whose token-weighted losses add up to the
         minibatch's mean over actions (DDP averages the ranks' gradients, so each rank's part is scaled by W).
         The first epoch's forwards also give the policy's entropy on every sampled token and, on the rows of the
@@ -382,7 +384,9 @@ class RLTrainer:
         n_steps = 0
         self.model.train()
         for epoch in range(cfg.epochs):
-            for mb in torch.randperm(B, generator=order_rng).to(self.device).split(cfg.minibatch_size):
+            G = cfg.group_size
+            order = (torch.randperm(B // G, generator=order_rng)[:, None] * G + torch.arange(G)).flatten()
+            for mb in order.to(self.device).split(cfg.minibatch_size):
                 mb_tokens = ro.mask[mb].sum()
                 micros = mb.tensor_split(W)[self.info.rank].split(micro_size)
                 for i, micro in enumerate(micros):
@@ -399,7 +403,7 @@ class RLTrainer:
                     # DDP: only the last micro-batch of a step all-reduces gradients
                     with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
                         logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets), first_scored(mask),
-                                                                     ro.shared_prompts(micro), ptx, epoch == 0)
+                                                                     ro.shared_prompts(micro, width), ptx, epoch == 0)
                     if epoch == 0:  # entropy on every row; the learner/engine gap while the weights are the sampler's
                         sums = [(entropy * mask).sum(), mask.sum()]
                         if n_steps == 0:
@@ -445,7 +449,7 @@ class RLTrainer:
             rows = slice(i, i + micro)
             width = int(ro.lengths[rows].max()) - 1
             out = fn(ro.input_ids[rows, :width], ro.targets[rows, :width], first_scored(ro.mask[rows, :width]),
-                     ro.shared_prompts(torch.arange(len(ro.lengths))[rows]))
+                     ro.shared_prompts(torch.arange(len(ro.lengths))[rows], width))
             parts.append([F.pad(x, (0, T - width)) for x in out])
         return tuple(torch.cat(list(xs)) for xs in zip(*parts))
 
