@@ -37,11 +37,14 @@ Without it the table says so and shows pocketchat alone.
 group 4, up to 64 new tokens, 2 epochs, minibatch 8, the task reward (the tiny RL preset's settings), this tree
 against the whole package at --old-rev (`src/pocketchat` read with `git show`), same settings, same --dtype.
 Both sides run in subprocesses of their own and take turns (--rounds); medians of the RLTrainer's logged figures.
+--compile sets RLConfig.compile on both sides; --compile this on this tree's side only, against main as it runs
+by default (main's compiled update broke its graph at every attention call and ran slower than its eager one).
 
 Usage:
     python benchmarks/bench_rl.py [--model DIR] [--trl-python /tmp/trlvenv/bin/python] [--episodes 3]
                                   [--rounds 2] [--batch 16] [--response-len 53] [--epochs 4] [--threads N]
     python benchmarks/bench_rl.py --algo grpo [--old-rev REV] [--episodes 3] [--rounds 2] [--threads N]
+                                  [--compile [both|this]]
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from pathlib import Path
 
 TRL_VERSION = "1.10.0"
 MAIN_BEFORE_ISSUE_18 = "04167764c8dd"  # the commit --algo grpo compares against
+COMPILED = {"": "eager", "both": "RLConfig.compile on both sides", "this": "RLConfig.compile on this tree only"}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -268,7 +272,8 @@ def grpo_round(setup: dict, prompts: int, args, root: Path, name: str, tree: Pat
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(Path(__file__).parent)])}
     return run_worker(sys.executable, "--grpo-worker", spec, result, env, dict(
         policy=setup["policy"], offset=prompts, batch=args.batch, episodes=args.episodes + 1, threads=args.threads,
-        dtype=args.dtype, compile=args.compile, max_prompt_len=args.max_prompt_len, result=str(result)))
+        dtype=args.dtype, compile=args.compile == "both" or (args.compile == "this" and tree == REPO / "src"),
+        max_prompt_len=args.max_prompt_len, result=str(result)))
 
 
 def grpo_worker(spec_file: str) -> None:
@@ -320,7 +325,7 @@ def grpo_main(args) -> None:
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nGRPO, tiny preset shape, random weights ({setup['params'] / 1e6:.1f} M params), batch {args.batch} = "
           f"{args.batch // GROUP} prompts x group {GROUP}, <= {GRPO_TOKENS} new tokens, {GRPO_EPOCHS} epochs, minibatch "
-          f"{GRPO_MINIBATCH}, task reward, {args.dtype}{', compiled update' if args.compile else ''}, "
+          f"{GRPO_MINIBATCH}, task reward, {args.dtype}, {COMPILED[args.compile]}, "
           f"{args.threads or torch.get_num_threads()} torch threads, {args.rounds} rounds x "
           f"{args.episodes} measured episodes per side, medians; load average at the end: {load_avg}\n")
     print("| tree | episodes | s per episode | rollout s | rollout tok/s | rest of the episode s | mean response tokens |")
@@ -374,8 +379,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch's default)")
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--algo", default="ppo", choices=["ppo", "grpo"], help="grpo: this tree vs --old-rev (no TRL)")
-    ap.add_argument("--compile", action="store_true", help="grpo: RLConfig.compile on both sides (the update's "
-                    "forward and backward; the first episode, not counted, compiles)")
+    ap.add_argument("--compile", nargs="?", const="both", default="", choices=["both", "this"],
+                    help="grpo: RLConfig.compile on both sides, or on this tree's only (main as it runs by default); "
+                    "the first episode, not counted, compiles")
     ap.add_argument("--old-rev", default=MAIN_BEFORE_ISSUE_18, help="the commit --algo grpo compares against")
     args = ap.parse_args()
     if args.algo == "grpo":
