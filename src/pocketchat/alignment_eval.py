@@ -88,7 +88,7 @@ def scored_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Te
 @dataclass
 class SharedPrompts:
     """The rows of a [B, T] batch of prompt + completion rows (right-padded) that begin with the same prompt, as
-    a GRPO group's samples or a DPO pair do: `shared_prompt_logprobs` feeds each prompt once."""
+    a GRPO group's samples do: `shared_prompt_logprobs` feeds each prompt once."""
 
     lengths: torch.Tensor  # [B] tokens of each row's prompt
     source: torch.Tensor  # [U] a row holding each distinct prompt

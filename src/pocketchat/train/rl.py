@@ -383,8 +383,8 @@ class RLTrainer:
         first_pass = torch.zeros(4, dtype=torch.float64)  # this rank's entropy sum, tokens, |gap| sum, tokens
         n_steps = 0
         self.model.train()
+        G = cfg.group_size
         for epoch in range(cfg.epochs):
-            G = cfg.group_size
             order = (torch.randperm(B // G, generator=order_rng)[:, None] * G + torch.arange(G)).flatten()
             for mb in order.to(self.device).split(cfg.minibatch_size):
                 mb_tokens = ro.mask[mb].sum()
