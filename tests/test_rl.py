@@ -232,6 +232,19 @@ def test_an_fp32_learner_takes_the_engines_logprobs_as_the_old_policys(tok):
     assert not bf16.old_logprobs_from_engine
 
 
+@pytest.mark.slow  # torch.compile: ~1 min on 2 CPU cores
+def test_compiled_rl_samples_from_the_weights_it_trains_without_recompiling(tok):
+    """Under RLConfig.compile the rollout's decode step reads the live weights: after optimizer steps it still
+    samples what the learner scores (the gap between their log-probs stays at float rounding), and it compiled
+    once for the run."""
+    policy = tiny_lm(tok)
+    trainer = RLTrainer(toy_cfg(compile=True, kl_coef=0.1), policy, tok, copy_of(policy), contains(digits(tok)))
+    gaps = [trainer.step(step, prompts(tok))["logprob_gap"] for step in range(3)]
+    step_fn = trainer.engine._step
+    gaps.append(trainer.step(3, prompts(tok))["logprob_gap"])
+    assert trainer.engine._step is step_fn and max(gaps) < 1e-4, gaps
+
+
 def test_reward_model_scores_each_sample_at_its_last_token(tok):
     policy = tiny_lm(tok)
     rm = RewardModel.from_causal_lm(tiny_lm(tok, seed=1)).eval()
