@@ -345,7 +345,7 @@ def test_compiled_decode_gives_the_eager_tokens(model, tok, freeze):
                for i in range(len(ps))]
     before = None
     for params in (greedy, sampled, greedy, "new weights", greedy):  # the second greedy run reuses the compiled step
-        if params == "new weights":  # the compiled step froze the weights: an in-place change must recompile it
+        if params == "new weights":  # an in-place change: a frozen step must recompile, an unfrozen one read it
             before, step = compiled.generate(ps, greedy), compiled._step
             with torch.no_grad():
                 for p in model.parameters():

@@ -232,7 +232,7 @@ def test_an_fp32_learner_takes_the_engines_logprobs_as_the_old_policys(tok):
     assert not bf16.old_logprobs_from_engine
 
 
-@pytest.mark.slow  # torch.compile: ~1 min on 2 CPU cores
+@pytest.mark.slow  # torch.compile of the update and the decode step: ~2.5 min on 2 CPU cores
 def test_compiled_rl_samples_from_the_weights_it_trains_without_recompiling(tok):
     """Under RLConfig.compile the rollout's decode step reads the live weights: after optimizer steps it still
     samples what the learner scores (the gap between their log-probs stays at float rounding), and it compiled
