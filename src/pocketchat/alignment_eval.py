@@ -101,18 +101,16 @@ class SharedPrompts:
     def find(prompts: Sequence[Sequence[int]], T: int, device) -> "SharedPrompts | None":
         """The sharing among rows of width T with these prompts; None when no two rows share one (nothing to
         gain). Positions past a row's end (when another row has a shorter prompt) are padding: clamped to T - 1."""
-        first_row: dict[tuple[int, ...], int] = {}
-        for i, p in enumerate(prompts):
-            first_row.setdefault(tuple(p), i)
-        if len(first_row) == len(prompts):
+        index: dict[tuple[int, ...], int] = {}
+        of_row = [index.setdefault(tuple(p), len(index)) for p in prompts]  # as the engine's shared prefill does
+        if len(index) == len(prompts):
             return None
-        index = {key: j for j, key in enumerate(first_row)}
         tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)
         lengths = tensor([len(p) for p in prompts])
         # Computed here, not in the forward: under torch.compile a width T - shortest inside the graph is a
         # difference of two symbols, which inductor's attention lowering fails on; a tensor's size is a symbol.
         after = torch.arange(T - min(map(len, prompts)) + 1, device=device)
-        return SharedPrompts(lengths, tensor(list(first_row.values())), tensor([index[tuple(p)] for p in prompts]),
+        return SharedPrompts(lengths, tensor([of_row.index(j) for j in range(len(index))]), tensor(of_row),
                              max(map(len, prompts)), (lengths[:, None] + after[:-1]).clamp(max=T - 1),
                              lengths[:, None] - 1 + after)
 

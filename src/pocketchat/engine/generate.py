@@ -189,8 +189,8 @@ class _DecodeStep(torch.nn.Module):
     """One token per row ([B, 1] at positions pos [B]) over the whole cache; returns fp32 logits [B, V].
 
     Every slot is attended to under the valid mask (unwritten slots are invalid), so no shape depends on the
-    step: what `torch.compile` needs to trace it once. A module holding the model, so that the compiler sees the
-    weights as the module's constants (freezing) rather than as inputs of the graph."""
+    step: what `torch.compile` needs to trace it once. A module holding the model, so that under freezing the
+    compiler sees the weights as the module's constants rather than as inputs of the graph."""
 
     made = 0  # _DecodeSteps made in this process
 

@@ -137,6 +137,13 @@ class Rollout:
         """Which of these rows (indices, fed `width` inputs wide) have the same prompt, as a GRPO group's do."""
         return SharedPrompts.find([self.prompts[i].ids for i in rows.tolist()], width, self.full.device)
 
+    def teacher_forced(self, rows: torch.Tensor) -> tuple[int, tuple]:
+        """(width, (input_ids, targets, first, shared)): what a teacher-forced pass over these rows (indices) feeds,
+        trimmed to the widest of them and scored from the first position any of them scores."""
+        width = int(self.lengths[rows].max()) - 1
+        return width, (self.input_ids[rows, :width], self.targets[rows, :width], first_scored(self.mask[rows, :width]),
+                       self.shared_prompts(rows, width))
+
     def rows(self, part: slice) -> "Rollout":
         return Rollout(self.prompts[part], self.completions[part], self.full[part], self.lengths[part], self.mask[part],
                        self.engine_logprobs[part])
@@ -391,7 +398,7 @@ class RLTrainer:
                 micros = mb.tensor_split(W)[self.info.rank].split(micro_size)
                 for i, micro in enumerate(micros):
                     last = i == len(micros) - 1
-                    width = int(ro.lengths[micro].max()) - 1  # trim the padding this micro-batch doesn't need
+                    width, inputs = ro.teacher_forced(micro)
                     cut = lambda x: x[micro, :width]
                     mask = cut(ro.mask)
                     weight = mask.sum() / mb_tokens
@@ -402,8 +409,7 @@ class RLTrainer:
                            if last and cfg.ptx_coef > 0 else None)
                     # DDP: only the last micro-batch of a step all-reduces gradients
                     with (self.model.no_sync() if W > 1 and not last else nullcontext()), self.autocast():
-                        logp, entropy, values, ptx_loss = self.model(cut(ro.input_ids), cut(ro.targets), first_scored(mask),
-                                                                     ro.shared_prompts(micro, width), ptx, epoch == 0)
+                        logp, entropy, values, ptx_loss = self.model(*inputs, ptx, epoch == 0)
                     if epoch == 0:  # entropy on every row; the learner/engine gap while the weights are the sampler's
                         sums = [(entropy * mask).sum(), mask.sum()]
                         if n_steps == 0:
@@ -445,12 +451,9 @@ class RLTrainer:
         micro = self.cfg.micro_batch_size or self.cfg.minibatch_size
         T = ro.mask.shape[1]
         parts = []
-        for i in range(0, len(ro.lengths), micro):
-            rows = slice(i, i + micro)
-            width = int(ro.lengths[rows].max()) - 1
-            out = fn(ro.input_ids[rows, :width], ro.targets[rows, :width], first_scored(ro.mask[rows, :width]),
-                     ro.shared_prompts(torch.arange(len(ro.lengths))[rows], width))
-            parts.append([F.pad(x, (0, T - width)) for x in out])
+        for rows in torch.arange(len(ro.lengths)).split(micro):
+            width, inputs = ro.teacher_forced(rows)
+            parts.append([F.pad(x, (0, T - width)) for x in fn(*inputs)])
         return tuple(torch.cat(list(xs)) for xs in zip(*parts))
 
 
